@@ -1,0 +1,3 @@
+"""FedMRG: federated radiology report generation on NVIDIA FLARE."""
+
+__version__ = "0.1.0"
