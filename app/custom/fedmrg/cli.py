@@ -16,6 +16,9 @@ from fedmrg.errors import FedMRGError
 
 #: Modules that register subcommands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "fedmrg.data.cli",
+    "fedmrg.labels.cli",
+    "fedmrg.metrics.cli",
 )
 
 
