@@ -25,7 +25,12 @@ from fedmrg.paths import shared_data_dir
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iu-dir", type=Path, default=shared_data_dir() / "iu_xray", help="holds indiana_reports.csv")
-    parser.add_argument("--text", choices=("findings", "findings+impression"), default="findings")
+    parser.add_argument(
+        "--text",
+        choices=("findings", "findings+impression"),
+        default="findings+impression",
+        help="text given to the labeler; MeSH indexers read the whole report, so the default is the whole report",
+    )
     parser.add_argument("--uncertain-as-positive", action="store_true", help="count label -1 as positive too")
     args = parser.parse_args(argv)
 
