@@ -1,0 +1,385 @@
+"""The FedMRG report-generation model: encoder -> projector -> visual tokens -> causal LM with adapters.
+
+Components (paper section): visual encoder and projector (3.1.2), decoder with LoRA (3.1.3), diagnosis head and
+prompt tokens (3.2.2), client-aware contrastive loss (3.2.1), dual adapters with mixed inference (3.3). The prompt
+layout is documented in :mod:`fedmrg.report.prompt_layout`; the alternating G / S steps are in
+:mod:`fedmrg.report.steps`; what travels to the server is declared in :mod:`fedmrg.report.shared_state`.
+
+Example::
+
+    >>> cfg = FedMRGConfig(decoder=DecoderConfig(path="/models/tiny-llama"), encoder=EncoderConfig(preset="resnet-tiny"))
+    >>> model = FedMRGModel(cfg)
+    >>> out = model(batch, adapter="generic")          # out.lm_loss, out.cls_loss, out.con_loss
+    >>> gen = model.generate(batch["images"], max_new_tokens=60)   # gen.reports, gen.states, gen.state_probs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import GenerationConfig
+
+from fedmrg.errors import DataError
+from fedmrg.report.adapters import (
+    GENERIC,
+    SPEC_GLOBAL,
+    SPEC_LOCAL,
+    AdapterMode,
+    activate,
+    adapter_plan,
+    attach_adapters,
+    split_adapter_name,
+)
+from fedmrg.report.config import FedMRGConfig
+from fedmrg.report.contrastive import client_aware_contrastive_loss
+from fedmrg.report.decoder import load_decoder
+from fedmrg.report.diagnosis import DiagnosisHead, diagnosis_loss
+from fedmrg.report.encoder import VisualEncoder
+from fedmrg.report.losses import language_model_loss, target_positions
+from fedmrg.report.projector import VisualProjector
+from fedmrg.report.prompt_layout import DecoderInputs, layout_inputs, text_prompt_ids
+from fedmrg.report.state_tokens import StateTokenEmbedding
+
+Phase = Literal["generic", "specialized"]
+Role = Literal[
+    "encoder", "projector", "diagnosis_head", "state_tokens", "decoder", "generic", "spec_global", "spec_local"
+]
+_ADAPTER_ROLES = {GENERIC: "generic", SPEC_GLOBAL: "spec_global", SPEC_LOCAL: "spec_local"}
+
+
+@dataclass
+class EncodedImages:
+    """Visual side of one batch.
+
+    Attributes:
+        tokens: (B, N, d_model) visual tokens for the decoder prompt.
+        pooled: (B, C) pooled encoder features of the images.
+        state_logits: (B, 14, 4) diagnosis logits, or None without diagnosis prompts.
+        contrast_features: (2B, C) pooled features of images and their second views, or None without views.
+    """
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    state_logits: torch.Tensor | None
+    contrast_features: torch.Tensor | None
+
+
+@dataclass
+class FedMRGOutput:
+    """Result of :meth:`FedMRGModel.forward`. Loss parts are unweighted; None when the component is off.
+
+    Attributes:
+        lm_loss: scalar report LM loss.
+        cls_loss: scalar diagnosis cross-entropy, or None.
+        con_loss: scalar contrastive loss (needs ``views`` in the batch), or None.
+        logits: (B, L, V) decoder logits over the layout of :mod:`~fedmrg.report.prompt_layout`.
+        hidden: (B, L, d_model) final-layer hidden states.
+        labels: (B, L) int64 LM targets (-100 on prompt and padding).
+        encoded: the visual side (reusable for a second pass on the same batch).
+    """
+
+    lm_loss: torch.Tensor
+    cls_loss: torch.Tensor | None
+    con_loss: torch.Tensor | None
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    labels: torch.Tensor
+    encoded: EncodedImages
+
+    @property
+    def report_positions(self) -> torch.Tensor:
+        """(B, L) bool: positions whose logits predict a report token (used by distillation)."""
+        return target_positions(self.labels)
+
+
+@dataclass
+class GeneratedReports:
+    """Result of :meth:`FedMRGModel.generate`.
+
+    Attributes:
+        reports: B decoded reports (special tokens removed, stripped).
+        token_ids: (B, T') int64 generated ids (padded with the pad id after EOS).
+        states: (B, 14) int64 predicted states (State order) used in the prompt, or None without prompts.
+        state_probs: (B, 14, 4) float softmax of the diagnosis head, or None without prompts.
+    """
+
+    reports: list[str]
+    token_ids: torch.Tensor
+    states: torch.Tensor | None
+    state_probs: torch.Tensor | None
+
+
+class FedMRGModel(nn.Module):
+    """Encoder, projector, diagnosis head, state-token embeddings and the adapted causal LM.
+
+    Args:
+        config: the whole model configuration; the decoder (and the encoder, when ``encoder.path`` is set) is
+            loaded from local Hugging Face directories. Random parts use the global torch RNG: seed first.
+    """
+
+    def __init__(self, config: FedMRGConfig) -> None:
+        super().__init__()
+        self.config = config
+        loaded = load_decoder(config.decoder)  # first: a wrong path fails before a large encoder is built
+        self.encoder = VisualEncoder(config.encoder)
+        self.tokenizer = loaded.tokenizer
+        # `full` trains the whole decoder by definition, so it is a CLM whatever its size (`llm` is rejected by the
+        # config); every other method follows `decoder.mode` / the parameter count.
+        self.decoder_mode = "clm" if config.method == "full" else loaded.mode
+        self.bos_token_id = loaded.bos_token_id
+        self.state_token_ids = loaded.state_token_ids
+        embedding = loaded.model.get_input_embeddings()
+        self.projector = VisualProjector(self.encoder.out_dim, embedding.embedding_dim)
+        self.diagnosis_head = DiagnosisHead(self.encoder.out_dim) if config.uses_prompts else None
+        self.state_tokens = (
+            StateTokenEmbedding(loaded.state_token_ids, embedding.weight) if config.uses_prompts else None
+        )
+        self.decoder = attach_adapters(loaded.model, config)
+        self._phase: Phase = "generic"
+        self._apply_phase()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def lm(self) -> nn.Module:
+        """The underlying HF causal LM (adapters injected in place for LoRA / VeRA)."""
+        return self.decoder.get_base_model() if isinstance(self.decoder, PeftModel) else self.decoder
+
+    @property
+    def has_specialized(self) -> bool:
+        """True when the model has the specialized adapter S (dual-adapter FedMRG)."""
+        return self.config.uses_specialized
+
+    @property
+    def decoder_trainable(self) -> bool:
+        """True in CLM mode: all base decoder weights train in the G step and are shared."""
+        return self.decoder_mode == "clm"
+
+    def role_of(self, name: str) -> Role:
+        """What a parameter of this model (``named_parameters`` name) is."""
+        top = name.split(".", 1)[0]
+        if top != "decoder":
+            return top  # type: ignore[return-value]
+        owner, _ = split_adapter_name(name)
+        return _ADAPTER_ROLES[owner] if owner else "decoder"  # type: ignore[return-value]
+
+    def is_trainable(self, role: Role, phase: Phase) -> bool:
+        """Whether parameters of ``role`` train in ``phase`` ("generic" = G step, "specialized" = S step)."""
+        if phase == "specialized":
+            return role == "spec_local"
+        if role == "encoder":
+            return self.config.encoder.trainable
+        if role == "decoder":
+            return self.decoder_trainable
+        return role in ("projector", "diagnosis_head", "state_tokens", "generic")
+
+    def set_phase(self, phase: Phase) -> None:
+        """Set ``requires_grad`` for the G step (everything shared) or the S step (S2 only)."""
+        if phase not in ("generic", "specialized"):
+            raise ValueError(f"`phase` must be 'generic' or 'specialized', got {phase!r}")
+        if phase == "specialized" and not self.has_specialized:
+            raise ValueError(f"`method: {self.config.method}` has no specialized adapter; no 'specialized' phase")
+        self._phase = phase
+        self._apply_phase()
+
+    def _apply_phase(self) -> None:
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_trainable(self.role_of(name), self._phase))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that trains in some phase (give these to the optimizer; frozen ones are left out)."""
+        phases: tuple[Phase, ...] = ("generic", "specialized") if self.has_specialized else ("generic",)
+        return [p for n, p in self.named_parameters() if any(self.is_trainable(self.role_of(n), ph) for ph in phases)]
+
+    @contextmanager
+    def use_adapters(self, mode: AdapterMode) -> Iterator[None]:
+        """Run the decoder with G (``"generic"``), S1 + S2 (``"specialized"``) or the alpha-mix (``"mixed"``).
+
+        Models without S run their single adapter for ``"generic"`` and ``"mixed"``; ``"specialized"`` raises.
+        """
+        if not self.has_specialized:
+            if mode == "specialized":
+                raise ValueError(f"`method: {self.config.method}` has no specialized adapter")
+            adapter_plan(mode, alpha=self.config.alpha_mix)  # validates the name
+            yield
+            return
+        activate(self.decoder, adapter_plan(mode, alpha=self.config.alpha_mix))
+        self._apply_phase()
+        try:
+            yield
+        finally:
+            activate(self.decoder, adapter_plan("generic", alpha=self.config.alpha_mix))
+            self._apply_phase()
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, images: torch.Tensor, views: torch.Tensor | None = None) -> EncodedImages:
+        """Encode images (B, 3, H, W) float, plus optional second views (B, 3, H, W) for the contrastive loss."""
+        batch = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else None
+        if views is not None and (not isinstance(views, torch.Tensor) or views.shape[:1] != images.shape[:1]):
+            raise ValueError(f"`views` must be a (B={batch}, 3, H, W) tensor like `images`")
+        feats = self.encoder(images if views is None else torch.cat([images, views]))
+        b = images.shape[0]
+        pooled = feats.pooled[:b]
+        return EncodedImages(
+            tokens=self.projector(feats.patches[:b]),
+            pooled=pooled,
+            state_logits=self.diagnosis_head(pooled) if self.diagnosis_head is not None else None,
+            contrast_features=feats.pooled if views is not None else None,
+        )
+
+    @torch.no_grad()
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled features (B, C) float32 for the memory bank (no gradient)."""
+        return nn.functional.normalize(self.encoder(images).pooled.float(), dim=1)
+
+    # ------------------------------------------------------------------ decoding
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.lm.get_input_embeddings()(ids)
+        return self.state_tokens(ids, embeds) if self.state_tokens is not None else embeds
+
+    def _prompt_ids(self, states: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+        state_ids = self.state_tokens.states_to_ids(states) if self.state_tokens is not None else None
+        return text_prompt_ids(batch_size, self.bos_token_id, state_ids, device)
+
+    def _virtual(
+        self, inputs: DecoderInputs, batch: int, num_beams: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Add PEFT prompt / prefix tuning's virtual tokens; returns (inputs_embeds, attention_mask, extra kwargs).
+
+        PEFT's own ``PeftModelForCausalLM.generate`` cannot take ``inputs_embeds`` for prompt learning (its
+        ``prepare_inputs_for_generation`` hides the argument, so transformers refuses), so the model adds the
+        virtual tokens itself with PEFT's ``get_prompt`` and calls the base LM, identically in training and
+        generation (a test checks it equals PEFT's forward).
+        """
+        embeds, mask, kind = inputs.inputs_embeds, inputs.attention_mask, self.config.peft_type
+        if kind not in ("prompt", "prefix"):
+            return embeds, mask, {}
+        n = self.config.adapter.num_virtual_tokens
+        mask = torch.cat([torch.ones(batch, n, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        if kind == "prompt":
+            prompts = self.decoder.get_prompt(batch_size=batch).to(embeds.dtype)
+            return torch.cat([prompts, embeds], dim=1), mask, {}
+        cache = self.decoder.get_prompt(batch_size=batch * num_beams, max_cache_len=embeds.shape[1] + n)
+        return embeds, mask, {"past_key_values": cache, "use_cache": True}
+
+    def _run_decoder(self, inputs: DecoderInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, L, V) and final hidden states (B, L, d) over the layout positions."""
+        batch, length = inputs.inputs_embeds.shape[:2]
+        embeds, mask, extra = self._virtual(inputs, batch)
+        extra.setdefault("use_cache", False)
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, **extra)
+        return out.logits[:, -length:], out.hidden_states[-1][:, -length:]
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        adapter: AdapterMode = "generic",
+        encoded: EncodedImages | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> FedMRGOutput:
+        """Teacher-forced pass over a batch.
+
+        Args:
+            batch: ``images`` (B, 3, H, W) float32; ``input_ids`` / ``attention_mask`` (B, T) int64 report tokens
+                (EOS included, right-padded); ``states`` (B, 14) int64 ground-truth states (needed with diagnosis
+                prompts); optional ``views`` (B, 3, H, W) second augmented views (enable the contrastive loss) and
+                ``groups`` (B,) int64 study index (default: every row its own study).
+            adapter: ``"generic"``, ``"specialized"`` or ``"mixed"`` (see :meth:`use_adapters`).
+            encoded: reuse the visual side of a previous pass on the same batch (skips the encoder).
+            negatives: (K, C) memory-bank features from other sites, extra contrastive negatives.
+        """
+        for key in ("images", "input_ids", "attention_mask"):
+            if key not in batch:
+                raise DataError(f"batch is missing `{key}`; expected keys images, input_ids, attention_mask, states")
+        if encoded is None:
+            encoded = self.encode(batch["images"], batch.get("views"))
+        states = None
+        if self.state_tokens is not None:
+            if "states" not in batch:
+                raise DataError("batch is missing `states` (B, 14) int64, needed for the diagnosis prompts")
+            states = batch["states"].to(encoded.tokens.device)
+        b, device = encoded.tokens.shape[0], encoded.tokens.device
+        inputs = layout_inputs(
+            encoded.tokens,
+            self._prompt_ids(states, b, device),
+            self._embed,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+        )
+        with self.use_adapters(adapter):
+            logits, hidden = self._run_decoder(inputs)
+        cls = diagnosis_loss(encoded.state_logits, states) if encoded.state_logits is not None else None
+        con = None
+        if self.config.uses_contrastive and encoded.contrast_features is not None:
+            groups = batch.get("groups")
+            groups = torch.arange(b, device=device) if groups is None else groups.to(device)
+            con = client_aware_contrastive_loss(
+                encoded.contrast_features,
+                torch.cat([groups, groups]),
+                negatives,
+                temperature=self.config.losses.temperature,
+            )
+        return FedMRGOutput(
+            lm_loss=language_model_loss(logits, inputs.labels),
+            cls_loss=cls,
+            con_loss=con,
+            logits=logits,
+            hidden=hidden,
+            labels=inputs.labels,
+            encoded=encoded,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        generic_only: bool = False,
+        min_new_tokens: int | None = None,
+        repetition_penalty: float | None = None,
+    ) -> GeneratedReports:
+        """Write reports for images (B, 3, H, W) float32; the prompt states come from the diagnosis head.
+
+        Args:
+            max_new_tokens, num_beams, min_new_tokens, repetition_penalty: override ``config.generation``.
+            generic_only: use G alone (a new site without S); otherwise the alpha-mix of G and S (paper 3.3.3).
+        """
+        g = self.config.generation
+        num_beams = g.num_beams if num_beams is None else num_beams
+        gen_config = GenerationConfig(
+            max_new_tokens=g.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            min_new_tokens=g.min_new_tokens if min_new_tokens is None else min_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            suppress_tokens=list(self.state_token_ids),  # prompt-only tokens never appear in a report
+        )
+        was_training = self.training
+        self.eval()
+        try:
+            encoded = self.encode(images)
+            states = probs = None
+            if encoded.state_logits is not None:
+                probs = encoded.state_logits.float().softmax(-1)
+                states = probs.argmax(-1)
+            b = encoded.tokens.shape[0]
+            inputs = layout_inputs(encoded.tokens, self._prompt_ids(states, b, encoded.tokens.device), self._embed)
+            embeds, mask, extra = self._virtual(inputs, b, num_beams)
+            extra.pop("use_cache", None)  # generation caches anyway; passing it next to a GenerationConfig warns
+            with self.use_adapters("generic" if generic_only else "mixed"):
+                ids = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen_config, **extra)
+        finally:
+            self.train(was_training)
+        reports = [r.strip() for r in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return GeneratedReports(reports=reports, token_ids=ids, states=states, state_probs=probs)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedmrg.report.losses import distillation_losses, language_model_loss, target_positions
+from fedmrg.report.prompt_layout import IGNORE_INDEX, layout_inputs, text_prompt_ids
+from fedmrg.report.state_tokens import StateTokenEmbedding
+
+
+def test_layout_masks_prompt_and_padding_out_of_labels():
+    b, n, d = 2, 3, 5
+    visual = torch.randn(b, n, d)
+    states = torch.tensor([[10, 11, 12], [13, 10, 10]])  # 3 "state token" ids for brevity
+    prompt = text_prompt_ids(b, 1, states, visual.device)
+    assert prompt.tolist() == [[10, 11, 12, 1], [13, 10, 10, 1]]
+    report = torch.tensor([[5, 6, 2], [7, 2, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    table = torch.randn(20, d)
+    inputs = layout_inputs(visual, prompt, lambda ids: table[ids], report, mask)
+    assert inputs.prompt_length == n + 4
+    assert inputs.inputs_embeds.shape == (b, n + 4 + 3, d)
+    assert torch.equal(inputs.inputs_embeds[:, :n], visual)
+    assert torch.equal(inputs.inputs_embeds[0, n : n + 4], table[prompt[0]])
+    assert inputs.labels[:, : n + 4].eq(IGNORE_INDEX).all()
+    assert inputs.labels[0, n + 4 :].tolist() == [5, 6, 2]
+    assert inputs.labels[1, n + 4 :].tolist() == [7, 2, IGNORE_INDEX]
+    assert inputs.attention_mask[1].tolist() == [1] * (n + 4) + [1, 1, 0]
+    # the BOS position (last prompt position) is the first one that predicts a report token
+    positions = target_positions(inputs.labels)
+    assert positions[0].nonzero().flatten().tolist() == [n + 3, n + 4, n + 5]
+    assert positions[1].nonzero().flatten().tolist() == [n + 3, n + 4]
+
+
+def test_lm_loss_is_mean_ce_over_report_tokens():
+    logits = torch.randn(1, 4, 7)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 5, IGNORE_INDEX]])
+    expected = (
+        F.cross_entropy(logits[0, 0:1], torch.tensor([3])) + F.cross_entropy(logits[0, 1:2], torch.tensor([5]))
+    ) / 2
+    assert language_model_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_distillation_is_zero_for_identical_outputs_and_matches_formula():
+    logits, hidden = torch.randn(2, 3, 6), torch.randn(2, 3, 4)
+    positions = torch.tensor([[True, True, False], [True, False, False]])
+    cos, kl = distillation_losses(logits, hidden, logits.clone(), hidden.clone(), positions)
+    assert cos.item() == pytest.approx(0.0, abs=1e-6) and kl.item() == pytest.approx(0.0, abs=1e-6)
+    t_logits, t_hidden = torch.randn(2, 3, 6), torch.randn(2, 3, 4)
+    cos, kl = distillation_losses(logits, hidden, t_logits, t_hidden, positions, temperature=2.0)
+    s, t = hidden[positions], t_hidden[positions]
+    assert cos.item() == pytest.approx((1 - F.cosine_similarity(s, t)).mean().item(), rel=1e-5)
+    p_t = (t_logits[positions] / 2).softmax(-1)
+    manual_kl = (p_t * (p_t.log() - (logits[positions] / 2).log_softmax(-1))).sum(-1).mean() * 4
+    assert kl.item() == pytest.approx(manual_kl.item(), rel=1e-5)
+
+
+def test_state_token_embedding_overrides_only_its_rows():
+    base = torch.randn(10, 4)
+    st = StateTokenEmbedding([6, 7, 8, 9], base)
+    ids = torch.tensor([[1, 6, 9, 2]])
+    out = st(ids, base[ids])
+    assert torch.equal(out[0, 0], base[1]) and torch.equal(out[0, 3], base[2])
+    assert torch.equal(out[0, 1], st.weight[0]) and torch.equal(out[0, 2], st.weight[3])
+    out.sum().backward()
+    assert st.weight.grad[[0, 3]].abs().sum() > 0 and st.weight.grad[[1, 2]].abs().sum() == 0
+    assert st.states_to_ids(torch.tensor([[0, 3, 1]])).tolist() == [[6, 9, 7]]
