@@ -50,6 +50,30 @@ CASES = [
     ("No cardiomegaly with small bilateral effusions.", "Pleural Effusion", 1),
     ("Interval resolution of the left effusion.", "Pleural Effusion", 0),
     ("Evaluation for pneumothorax is limited.", "Pneumothorax", -1),
+    # "X ... cannot be excluded" reaches over the whole subject of the clause, not only a few words after X;
+    # a prefix pattern's word remainder ("consolidat|ion") is not one of those words.
+    ("Early consolidation in the left upper lobe cannot be excluded.", "Consolidation", -1),
+    ("Fracture of the right 7th rib cannot be excluded.", "Fracture", -1),
+    ("Early consolidation in the left lower lung base cannot be excluded.", "Consolidation", -1),
+    ("Consolidation in the left upper lobe cannot be ruled out.", "Consolidation", -1),
+    ("Consolidation in the left upper lobe is not excluded.", "Consolidation", -1),
+    ("Subtle consolidation in the right lower lobe could not be excluded.", "Consolidation", -1),
+    ("Pneumothorax at the right apex has not been excluded.", "Pneumothorax", -1),
+    ("Additional rib fractures cannot entirely be excluded.", "Fracture", -1),
+    ("Small nodule in the right apex cannot be confidently excluded.", "Lung Lesion", -1),
+    ("Mild interstitial edema in both lower lobes is difficult to exclude.", "Edema", -1),
+    # ... but not over a mention that is the subject of its own predicate
+    ("Small effusion is seen in the left base and consolidation cannot be excluded.", "Pleural Effusion", 1),
+    ("Small effusion is seen in the left base and consolidation cannot be excluded.", "Consolidation", -1),
+    ("Left basilar atelectasis, although pneumonia cannot be excluded.", "Atelectasis", 1),
+    # Enlarged Cardiomediastinum, nominal and adjectival forms
+    ("Possible widening of the mediastinum.", "Enlarged Cardiomediastinum", -1),
+    ("There is widening of the superior mediastinum.", "Enlarged Cardiomediastinum", 1),
+    ("No widening of the mediastinum.", "Enlarged Cardiomediastinum", 0),
+    ("Possible widened mediastinum.", "Enlarged Cardiomediastinum", -1),
+    ("Possible mediastinal widening.", "Enlarged Cardiomediastinum", -1),
+    ("Mediastinal widening cannot be excluded.", "Enlarged Cardiomediastinum", -1),
+    ("Surgical clips in the mediastinum.", "Enlarged Cardiomediastinum", None),
 ]
 
 
@@ -137,6 +161,19 @@ def test_label_reports_matches_label_report() -> None:
     texts = ["No effusion.", "", "Possible pneumonia."]
     assert label_reports(texts) == [label_report(t) for t in texts]
     assert label_reports(texts, progress=True) == [label_report(t) for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("singular", "expected"),
+    [
+        ("Effusion at the left and right bases is not seen.", 0),  # 6 words to the cue: NEGATION_POST's limit
+        ("Effusion at both lung bases suspected.", -1),  # 4 words: UNCERTAINTY_POST's limit
+    ],
+)
+def test_cue_window_ignores_word_remainder(singular: str, expected: int) -> None:
+    # "effusion" is the whole pattern; in "effusions" the remainder "s" must not count as a word of the window.
+    plural = singular.replace("Effusion", "Effusions").replace(" is ", " are ")
+    assert label_report(singular)["Pleural Effusion"] == label_report(plural)["Pleural Effusion"] == expected
 
 
 def test_find_mentions_exposes_evidence() -> None:

@@ -33,6 +33,7 @@ SUPPORT_DEVICES = "Support Devices"
 OTHER = "other finding"
 
 _WORD = re.compile(r"\S+")
+_WORD_REST = re.compile(r"\w*")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,12 @@ class Mention:
 
 
 def classify(clause: str, start: int, end: int) -> int:
-    """Value (1 / 0 / -1) of the mention at ``clause[start:end]`` from the cues around it in its clause."""
+    """Value (1 / 0 / -1) of the mention at ``clause[start:end]`` from the cues around it in its clause.
+
+    A prefix pattern ("consolidat") may end inside a word; the post-mention cues are read from the end of that word,
+    so the word's remainder ("ion") is not counted as one of the words between the mention and its cue.
+    """
+    end = _WORD_REST.match(clause, end).end()
     before, after = clause[:start], clause[end:]
     if rules.UNCERTAIN_BEFORE_NEGATION_PRE.search(before) or rules.UNCERTAIN_BEFORE_NEGATION_POST.search(after):
         return UNCERTAIN

@@ -73,6 +73,8 @@ FINDINGS: dict[str, re.Pattern[str]] = {
     "Enlarged Cardiomediastinum": words(
         r"cardiomediastinal enlargement",
         r"mediastinal (?:widening|enlargement)",
+        # The nominal form, which the positional veto "of the mediastinum" (ATTRIBUTE_UNMENTIONS) would drop.
+        r"(?:widening|enlargement|prominence) of (?:the )?(?:superior |upper )?(?:cardio)?mediastin(?:um|al)",
     ),
     "Cardiomegaly": words(r"cardiomegaly", r"cardiac enlargement", r"cardiomyopathy"),
     "Lung Opacity": words(
@@ -354,7 +356,7 @@ OTHER_FINDINGS: re.Pattern[str] = words(
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# Negation and uncertainty cues. "pre" cues stand before the mention in its clause, "post" cues right after it.
+# Negation and uncertainty cues. "pre" cues stand before the mention in its clause, "post" cues a few words after it.
 # ---------------------------------------------------------------------------------------------------------------
 
 #: Pseudo-negations: look like a negation but negate nothing ("no change in the effusion"). Blanked out first.
@@ -367,16 +369,28 @@ PSEUDO_NEGATION = words(
 
 #: Uncertainty that wins over negation: "cannot exclude X", "no new X" (CheXpert's pre-negation uncertainty).
 UNCERTAIN_BEFORE_NEGATION_PRE = words(
-    r"(?:cannot|can not|can't|could not|couldn't|not) (?:be )?(?:entirely |completely |definitely )?"
-    r"(?:excluded?|ruled? out|rule out)",
-    r"(?:difficult|hard|impossible) to (?:entirely |completely )?(?:exclude|rule out)",
+    r"(?:cannot|can not|can't|could not|couldn't|not) (?:\w+ly )?(?:be )?(?:\w+ly )?(?:excluded?|ruled? out|rule out)",
+    r"(?:difficult|hard|impossible) to (?:\w+ly )?(?:exclude|rule out)",
     r"no evidence to rule out",
     r"no new\b",
     r"not (?:\w+ )?(?:certain|sure|definite)",
 )
+#: Words that make the words before them a clause of their own: in "effusion is seen at the base and consolidation
+#: cannot be excluded" the effusion is not uncertain.
+_PREDICATE = (
+    r"(?:is|are|was|were|be|been|has|have|had|seen|noted|present|identified|demonstrated|shows?|appears?|remains?|"
+    r"persists?|represents?|suggests?)\b"
+)
+#: "X ... cannot be excluded": like CheXpert's dependency rule, which takes the whole subject of "excluded" (not
+#: only its head word), the cue reaches back over the clause -- up to :data:`POST_SCOPE_WORDS` words, none of them a
+#: predicate of its own (:data:`_PREDICATE`).
+POST_SCOPE_WORDS = 10
 UNCERTAIN_BEFORE_NEGATION_POST = re.compile(
-    r"^[^\w,]*(?:\w+[^\w,]+){0,5}?(?:is |are |was |were )?(?:cannot|can not|can't|could not|not) (?:be )?"
-    r"(?:entirely |completely |definitely )?(?:excluded|ruled out)"
+    rf"^[^\w,]*(?:(?!{_PREDICATE})\w+[^\w,]+){{0,{POST_SCOPE_WORDS}}}?(?:"
+    r"(?:is |are |was |were |has |have )?(?:cannot|can not|can't|could not|couldn't|not) (?:\w+ly )?(?:be |been )?"
+    r"(?:\w+ly )?(?:excluded|ruled out)|"
+    r"(?:is |are |was |were )?(?:difficult|hard|impossible) to (?:\w+ly )?(?:exclude|rule out)"
+    r")"
 )
 
 NEGATION_PRE = words(
