@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedmrg.data.cli",
     "fedmrg.labels.cli",
     "fedmrg.metrics.cli",
+    "fedmrg.report.cli",
     "fedmrg.demo",
 )
 

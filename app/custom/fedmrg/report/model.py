@@ -38,7 +38,7 @@ from fedmrg.report.adapters import (
 )
 from fedmrg.report.config import FedMRGConfig
 from fedmrg.report.contrastive import client_aware_contrastive_loss
-from fedmrg.report.decoder import load_decoder
+from fedmrg.report.decoder import LoadedDecoder, load_decoder
 from fedmrg.report.diagnosis import DiagnosisHead, diagnosis_loss
 from fedmrg.report.encoder import VisualEncoder
 from fedmrg.report.losses import language_model_loss, target_positions
@@ -121,12 +121,15 @@ class FedMRGModel(nn.Module):
     Args:
         config: the whole model configuration; the decoder (and the encoder, when ``encoder.path`` is set) is
             loaded from local Hugging Face directories. Random parts use the global torch RNG: seed first.
+        decoder: an already loaded decoder to use instead of loading ``config.decoder.path`` (e.g. one built on
+            the meta device from a config alone, to count parameters without weights). Defaults to None.
     """
 
-    def __init__(self, config: FedMRGConfig) -> None:
+    def __init__(self, config: FedMRGConfig, *, decoder: LoadedDecoder | None = None) -> None:
         super().__init__()
         self.config = config
-        loaded = load_decoder(config.decoder)  # first: a wrong path fails before a large encoder is built
+        # first: a wrong path fails before a large encoder is built
+        loaded = load_decoder(config.decoder) if decoder is None else decoder
         self.encoder = VisualEncoder(config.encoder)
         self.tokenizer = loaded.tokenizer
         # `full` trains the whole decoder by definition, so it is a CLM whatever its size (`llm` is rejected by the

@@ -1,0 +1,334 @@
+"""``fedmrg train``, ``fedmrg evaluate``, ``fedmrg generate`` and ``fedmrg inspect-model``.
+
+Heavy libraries (torch, transformers, monai) are imported inside the command functions so ``fedmrg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "default.yaml"
+_THREADS_HELP = (
+    "CPU threads for torch (default: torch's choice, one per core); 1 is much faster on a CPU shared with other busy "
+    "processes, where spinning threads of several processes slow each other down"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = subparsers.add_parser(
+        "train",
+        help="train the report model on one site's data or on all sites pooled",
+        description="Train FedMRG locally: `--site NAME` trains on one site's train split (round by round, as that "
+        "site would in a federation, without the others); `--centralized` pools every site's train split (the "
+        "paper's centralized reference). Writes a run folder (config, safetensors states, PEFT adapters, metrics, "
+        "TensorBoard events).",
+        formatter_class=fmt,
+    )
+    p.add_argument("--config", type=Path, help=f"run configuration YAML (default: the packaged {DEFAULT_CONFIG})")
+    p.add_argument("--data", type=Path, required=True, help="federated dataset directory (fedmrg data prepare)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", help="train on this site's train split")
+    where.add_argument("--centralized", action="store_true", help="train on every site's train split pooled")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--rounds", type=int, help="rounds (default: training.rounds)")
+    p.add_argument("--steps", type=int, help="optimizer steps per round (default: training.local_steps / epochs)")
+    p.add_argument("--epochs", type=float, help="passes over the data per round (default: training.local_epochs)")
+    p.add_argument("--device", help="torch device (default: training.device)")
+    p.add_argument("--seed", type=int, help="seed (default: training.seed)")
+    p.add_argument("--threads", type=int, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="generate reports for a split and score them (BLEU, ROUGE-L, CIDEr, clinical efficacy)",
+        description="Generate a report for every study of a split, score them with `fedmrg.metrics` and compare "
+        "with the most-frequent-training-report baseline. Writes metrics JSON and predictions JSONL.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by `fedmrg train`")
+    p.add_argument("--data", type=Path, required=True, help="federated dataset directory")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default test)")
+    p.add_argument(
+        "--site",
+        help="a training site (its train/val split, and its specialized adapter when the run has one) or an unseen "
+        "site (its test split); default: the in-domain test set, or every site's train/val split",
+    )
+    p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone (a new site)")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN/eval/<site or all>-<split>)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N studies")
+    p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
+    p.add_argument("--batch-size", type=int, help="studies per generation batch (default: training.eval_batch_size)")
+    p.add_argument("--device", default="auto", help="torch device (default auto)")
+    p.add_argument("--threads", type=int, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_evaluate)
+
+    p = subparsers.add_parser(
+        "generate",
+        help="write the report and the 14 diagnosis states for images (PNG / JPG / DICOM)",
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by `fedmrg train`")
+    p.add_argument("--site", help="use this site's specialized adapter (default: the run's only one, else G)")
+    p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone")
+    p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
+    p.add_argument("--device", default="auto", help="torch device (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.set_defaults(func=run_generate)
+
+    p = subparsers.add_parser(
+        "inspect-model",
+        help="parameter counts and bytes: frozen, trainable, shared (travels), private (stays)",
+        description="Count the model's parameters by category. With --meta nothing is loaded: the model is built "
+        "on the meta device from the decoder's config.json (or --decoder-shape), e.g. `fedmrg inspect-model "
+        "--config llama2-7b.yaml --meta --decoder-shape llama-2-7b` for Llama-2-7B + ResNet-101.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"run configuration YAML, or the name of a packaged one (default.yaml, llama2-7b.yaml; default "
+        f"{DEFAULT_CONFIG})",
+    )
+    p.add_argument("--meta", action="store_true", help="build on the meta device (no weights read)")
+    p.add_argument("--decoder-shape", help="with --meta: a packaged decoder architecture (llama-2-7b) or a folder "
+                   "with a config.json, used when decoder.path does not exist")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_inspect_model)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _config_path(value: str | Path | None) -> Path:
+    from fedmrg.report.run_config import packaged_config
+
+    if value is None:
+        return packaged_config(DEFAULT_CONFIG)
+    path = Path(value)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    return packaged_config(str(value))  # a bare name such as "llama2-7b.yaml"
+
+
+def _say(msg: str) -> None:
+    print(f"[fedmrg] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from fedmrg.data.dataset_dir import FederatedDataset
+    from fedmrg.report.checkpoint import save_checkpoint
+    from fedmrg.report.data_loading import open_split
+    from fedmrg.report.model import FedMRGModel
+    from fedmrg.report.run_config import load_run_config
+    from fedmrg.report.shared_state import get_private_state, get_shared_state
+    from fedmrg.report.trainer import LocalTrainer, evaluate_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_run_config(_config_path(args.config), progress=not args.no_progress)
+    overrides = {k: v for k, v in (("rounds", args.rounds), ("device", args.device), ("seed", args.seed)) if v}
+    if overrides:
+        config.training = dataclasses.replace(config.training, **overrides)
+    t, m = config.training, config.model
+    data = FederatedDataset.open(args.data)
+    site = None if args.centralized else args.site
+    name = "centralized" if args.centralized else args.site
+    views = m.uses_contrastive and t.augment
+    train = open_split(data, site=site, split="train", image_size=m.encoder.image_size, views=views, seed=t.seed,
+                       cache_images=t.cache_images)  # fmt: skip
+    val = open_split(data, site=site, split="val", image_size=m.encoder.image_size, cache_images=t.cache_images)
+    torch.manual_seed(t.seed)
+    model = FedMRGModel(m)
+    out: Path = args.out
+    trainer = LocalTrainer(
+        model, t, site=name, train_dataset=train, workspace=out, tb_dir=out / "tb", progress=not args.no_progress
+    )
+    _say(f"{name}: {len(train)} training and {len(val)} validation studies; {t.rounds} round(s) of "
+         f"{trainer.steps_per_round(steps=args.steps, epochs=args.epochs)} step(s) on {trainer.device}")  # fmt: skip
+    history = []
+    shared = private = None
+    try:
+        for r in range(t.rounds):
+            result = trainer.train_round(shared, private, round_num=r, steps=args.steps, epochs=args.epochs)
+            shared, private = result.shared_state, result.private_state
+            adapter = "mixed" if model.has_specialized else "generic"
+            val_metrics = evaluate_loss(model, val, batch_size=t.eval_batch_size, adapter=adapter) if len(val) else {}
+            trainer._log_scalars(val_metrics, step=r, prefix="val/")
+            record = {"round": r, "num_samples": result.num_samples, **result.metrics}
+            record |= {f"val/{k}": v for k, v in val_metrics.items()}
+            history.append(record)
+            _say(
+                f"round {r}: loss g/lm {result.metrics.get('g/lm', float('nan')):.3f}, val lm "
+                f"{val_metrics.get('lm_loss', float('nan')):.3f}, {result.metrics['samples_per_s']:.1f} samples/s, "
+                f"skipped {int(result.metrics['skipped_batches'])} batch(es)"
+            )
+            save_checkpoint(
+                out, model, config, shared_state=get_shared_state(model),
+                private_states={name: get_private_state(model)}, metrics={"rounds": history},
+            )  # fmt: skip
+    finally:
+        trainer.close()
+    (out / "train_metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+    print(f"run folder: {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from fedmrg.data.dataset_dir import FederatedDataset
+    from fedmrg.errors import DataError
+    from fedmrg.report.checkpoint import load_run
+    from fedmrg.report.data_loading import dataset_records, open_split
+    from fedmrg.report.evaluation import (
+        generate_for_dataset,
+        headline,
+        most_frequent_baseline,
+        score_rows,
+        write_predictions,
+    )
+    from fedmrg.report.trainer import resolve_device
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    loaded = load_run(args.checkpoint, site=args.site, generic_only=args.generic_only,
+                      device=resolve_device(args.device))  # fmt: skip
+    data = FederatedDataset.open(args.data)
+    dataset = open_split(data, site=args.site, split=args.split, image_size=loaded.config.model.encoder.image_size)
+    records = dataset_records(dataset)
+    if args.limit:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+        records = records[: len(dataset)]
+    if len(dataset) == 0:
+        raise DataError(f"{args.data}: split {args.split!r} of {args.site or 'all sites'} has no studies")
+    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    rows = generate_for_dataset(
+        loaded.model,
+        dataset,
+        batch_size=args.batch_size or loaded.config.training.eval_batch_size,
+        generic_only=loaded.adapter == "generic",
+        progress=not args.no_progress,
+        **kwargs,
+    )
+    result = score_rows(rows)
+    train_sites = [args.site] if args.site in data.sites else list(data.sites)
+    baseline = most_frequent_baseline((r.report for s in train_sites for r in data.split(s, "train")), rows)
+    out: Path = args.out or args.checkpoint / "eval" / f"{args.site or 'all'}-{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "site": args.site,
+        "split": args.split,
+        "n_studies": len(records),
+        "adapter": loaded.adapter,
+        "private_site": loaded.private_site,
+        "headline": headline(result),
+        "baseline_most_frequent_report": {"headline": headline(baseline), "report": baseline["report"]},
+        "metrics": result,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    write_predictions(rows, out / "predictions.jsonl")
+    h, b = summary["headline"], summary["baseline_most_frequent_report"]["headline"]
+    print(f"{'metric':<10}{'model':>10}{'baseline':>10}")
+    for k in h:
+        print(f"{k:<10}{h[k]:>10.4f}{b.get(k, float('nan')):>10.4f}")
+    print(f"metrics: {out / 'metrics.json'}\npredictions: {out / 'predictions.jsonl'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedmrg.data.images import image_transform, load_image
+    from fedmrg.report.checkpoint import load_run
+    from fedmrg.report.evaluation import describe_states
+    from fedmrg.report.trainer import resolve_device
+
+    loaded = load_run(args.checkpoint, site=args.site, generic_only=args.generic_only,
+                      device=resolve_device(args.device))  # fmt: skip
+    to_model = image_transform(loaded.config.model.encoder.image_size)
+    images = torch.stack([to_model(load_image(p)) for p in args.images])  # DataError names an unreadable file
+    device = next(loaded.model.parameters()).device
+    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    gen = loaded.model.generate(images.to(device), generic_only=loaded.adapter == "generic", **kwargs)
+    described = describe_states(gen.states, gen.state_probs) or [None] * len(gen.reports)
+    for path, report, states in zip(args.images, gen.reports, described, strict=True):
+        row: dict[str, Any] = {"image": str(path), "report": report, "adapter": loaded.adapter, "states": states}
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+            continue
+        print(f"== {path}\n{report}")
+        if states:
+            for obs, s in states.items():
+                print(f"  {obs:<28}{s['state']:<10}p={s['probabilities'][s['state']]:.2f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- inspect
+
+
+def run_inspect_model(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from fedmrg.config import load_yaml
+    from fedmrg.errors import ConfigError
+    from fedmrg.report.inspect_model import build_meta_model, count_parameters, format_counts
+    from fedmrg.report.model import FedMRGModel
+    from fedmrg.report.run_config import load_run_config, resolve_builtin_paths, run_config_from_dict
+
+    path = _config_path(args.config)
+    if args.meta:
+        raw, _ = resolve_builtin_paths(load_yaml(path), progress=False)
+        decoder = raw.get("decoder")
+        if not isinstance(decoder, dict) or not decoder.get("path"):
+            raise ConfigError(f"{path}: `decoder.path` is required")
+        decoder_path = Path(str(decoder["path"]))
+        decoder_path = decoder_path if decoder_path.is_absolute() else path.parent / decoder_path
+        if not decoder_path.is_dir():
+            # A placeholder path (no model here): validate the rest of the file with an existing folder in its place;
+            # the architecture then comes from --decoder-shape.
+            raw["decoder"] = {**decoder, "path": str(path.parent.resolve())}
+        config = run_config_from_dict(raw, source=str(path), base_dir=path.parent)
+        model_config = dataclasses.replace(
+            config.model, decoder=dataclasses.replace(config.model.decoder, path=str(decoder_path))
+        )
+        model = build_meta_model(model_config, args.decoder_shape)
+    else:
+        config = load_run_config(path)
+        torch.manual_seed(config.training.seed)
+        model = FedMRGModel(config.model)
+    counts = count_parameters(model)
+    counts["config"] = str(path)
+    if args.json:
+        print(json.dumps(counts, indent=2))
+    else:
+        print(f"config: {path}{' (meta device, no weights)' if args.meta else ''}")
+        print(format_counts(counts))
+    return 0
