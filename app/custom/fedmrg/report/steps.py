@@ -45,7 +45,8 @@ class StepLosses:
         return {f"{prefix}{k}": float(v.detach()) for k, v in parts.items() if v is not None}
 
 
-def _detached(encoded: EncodedImages) -> EncodedImages:
+def detach_encoded(encoded: EncodedImages) -> EncodedImages:
+    """A copy of ``encoded`` cut from the graph (no contrastive features), to reuse the visual tokens in a second pass."""
     return EncodedImages(
         tokens=encoded.tokens.detach(),
         pooled=encoded.pooled.detach(),
@@ -58,7 +59,7 @@ def _teacher(
     model: FedMRGModel, batch: Mapping[str, torch.Tensor], adapter: str, encoded: EncodedImages
 ) -> FedMRGOutput:
     with torch.no_grad():
-        return model(batch, adapter=adapter, encoded=_detached(encoded))  # type: ignore[arg-type]
+        return model(batch, adapter=adapter, encoded=detach_encoded(encoded))  # type: ignore[arg-type]
 
 
 def generic_step_losses(
@@ -101,7 +102,7 @@ def specialized_step_losses(
     if encoded is None:
         with torch.no_grad():
             encoded = model.encode(batch["images"])
-    encoded = _detached(encoded)
+    encoded = detach_encoded(encoded)
     out = model(batch, adapter="specialized", encoded=encoded)
     total = out.lm_loss
     kd_cos = kd_kl = None

@@ -49,7 +49,7 @@ from fedmrg.report.shared_state import (
     load_shared_state,
     start_round,
 )
-from fedmrg.report.steps import generic_step_losses, optimizer_groups, specialized_step_losses
+from fedmrg.report.steps import detach_encoded, generic_step_losses, optimizer_groups, specialized_step_losses
 from fedmrg.report.tokenization import ReportCollator
 
 _BATCH_TENSORS = ("images", "views", "input_ids", "attention_mask", "states")
@@ -118,15 +118,6 @@ def cosine_factor(step: int, *, total: int, warmup: int, min_ratio: float) -> fl
 def batch_to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Move the tensors of a collated batch to ``device`` (other entries unchanged)."""
     return {k: v.to(device, non_blocking=True) if k in _BATCH_TENSORS else v for k, v in batch.items()}
-
-
-def _detached(encoded: EncodedImages) -> EncodedImages:
-    return EncodedImages(
-        tokens=encoded.tokens.detach(),
-        pooled=encoded.pooled.detach(),
-        state_logits=None if encoded.state_logits is None else encoded.state_logits.detach(),
-        contrast_features=None,
-    )
 
 
 class LocalTrainer:
@@ -389,7 +380,7 @@ class LocalTrainer:
                 self._restore_buffers(saved)  # BatchNorm statistics must not keep what the bad batch put there
                 continue
             scaler.scale(losses.total / len(micro)).backward()
-            kept.append((b, _detached(losses.encoded)))
+            kept.append((b, detach_encoded(losses.encoded)))
             for k, v in losses.as_floats("g/").items():
                 logs[k] += v
         if not kept:
