@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedmrg.metrics.cli",
     "fedmrg.report.cli",
     "fedmrg.demo",
+    "fedmrg.job",
 )
 
 

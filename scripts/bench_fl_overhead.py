@@ -1,0 +1,121 @@
+"""FLARE overhead of jobs/fedmrg, measured in one run: simulator vs. a bare in-process loop doing the same work.
+
+1. ``nvflare simulator`` on a variant of jobs/fedmrg (cross-site evaluation removed) for R rounds, S local steps;
+2. a bare loop in this process: the same learners (same data, config, seeds), per round each site validates the global
+   model and trains S steps, then a sample-weighted FedAvg — no FLARE, no serialisation, no processes.
+
+Prints ``simulator_seconds / bare_seconds`` (target <= 1.3) and, from the run summary, bytes per round on the wire /
+raw fp32 bytes of the shared parameters (target <= 1.05). The simulator runs the sites in parallel processes (``-t`` =
+sites, one BLAS thread each, as ``fedmrg demo`` does); the bare loop runs them one after another in one process using
+every core.
+
+    .venv/bin/python scripts/bench_fl_overhead.py --rounds 3 --local-steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from fedmrg.job import prepare_workspace, write_variant  # noqa: E402
+from fedmrg.paths import REPO_ROOT  # noqa: E402
+
+
+def _learner_args(job: Path) -> dict:
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    return client["executors"][0]["executor"]["args"]["learner_args"]
+
+
+def simulate(job: Path, ws: Path, sites: int) -> tuple[float, dict]:
+    prepare_workspace(job, ws)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nvflare.cli",
+        "simulator",
+        str(job),
+        "-w",
+        str(ws),
+        "-n",
+        str(sites),
+        "-t",
+        str(sites),
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"simulator failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
+    return seconds, summary
+
+
+def bare_loop(args: dict, sites: int, rounds: int, work: Path) -> float:
+    import numpy as np
+
+    from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
+    from fedmrg.report.fl_job_learner import JobFedMRGLearner
+
+    data_root = str(ensure_synthetic_federation(SyntheticSpec(**args["synthetic"])))
+    t0 = time.perf_counter()
+    learners = {}
+    for i in range(1, sites + 1):
+        name = f"site-{i}"
+        learners[name] = JobFedMRGLearner(**(args | {"torch_threads": os.cpu_count() or 1}))  # one process: all cores
+        (work / name).mkdir(parents=True, exist_ok=True)
+        learners[name].setup(name, str(work / name), {"data_root": data_root})
+    server = JobFedMRGLearner(config=args["config"], overrides=args.get("overrides"))
+    global_state = server.initial_shared_state()
+    for r in range(rounds):
+        outcomes = []
+        for name, learner in learners.items():
+            learner.validate(global_state, personalized=True, split="val")
+            outcomes.append(learner.train(global_state, round_num=r, extra={}))
+            learner.save_private(str(work / name))
+        total = sum(o.num_samples for o in outcomes)
+        global_state = {
+            k: np.sum([o.shared_state[k] * (o.num_samples / total) for o in outcomes], axis=0).astype(np.float32)
+            for k in global_state
+        }
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--local-steps", type=int, default=8)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        job = write_variant(Path(REPO_ROOT) / "jobs" / "fedmrg", tmp / "bench",
+                            [f"rounds={args.rounds}", f"learner.local_steps={args.local_steps}"])  # fmt: skip
+        server = json.loads((job / "app/config/config_fed_server.json").read_text())
+        server["workflows"] = [w for w in server["workflows"] if w["id"] != "cross_site_validate"]
+        (job / "app/config/config_fed_server.json").write_text(json.dumps(server))
+        learner_args = _learner_args(job)
+        sites = int(learner_args["synthetic"]["sites"])
+
+        sim_s, summary = simulate(job, tmp / "ws", sites)
+        bare_s = bare_loop(learner_args, sites, args.rounds, tmp / "bare")
+
+    rounds = summary["rounds"]
+    up = sum(r["bytes_up"] for r in rounds) / sum(r["param_bytes_up"] for r in rounds)
+    down = sum(r["bytes_down"] for r in rounds) / sum(r["param_bytes_down"] for r in rounds)
+    print(f"{sites} sites, {args.rounds} rounds x {args.local_steps} steps")
+    print(f"simulator wall {sim_s:.1f} s | bare loop {bare_s:.1f} s | ratio {sim_s / bare_s:.2f} (target <= 1.3)")
+    print(
+        f"bytes up / raw fp32 shared params {up:.4f} | down (incl. relayed bank features) {down:.4f} (target <= 1.05)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

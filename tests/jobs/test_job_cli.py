@@ -1,0 +1,70 @@
+"""`fedmrg job`: allow-list from a job's components, variants by overrides, learner override merging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmrg.cli import main
+from fedmrg.errors import ConfigError
+from fedmrg.job import allow_list, job_class_paths, write_variant
+from fedmrg.paths import REPO_ROOT
+from fedmrg.report.fl_job_learner import merge_overrides
+
+JOB = Path(REPO_ROOT) / "jobs" / "fedmrg"
+
+
+def _cfg(job: Path, side: str) -> dict:
+    return json.loads((job / "app" / "config" / f"config_fed_{side}.json").read_text())
+
+
+def test_allow_list_names_component_classes_not_data_paths():
+    paths = job_class_paths(JOB)
+    assert "fedmrg.fl.shared_state_executor.SharedStateExecutor" in paths
+    assert all("." in p and not p.startswith(("builtin", "/")) for p in paths)
+    allowed = allow_list(JOB, extra=["wire_recorder.WireRecorder"])
+    assert allowed[0] == "fedmrg." and "wire_recorder.WireRecorder" in allowed
+    assert not any(p.startswith("fedmrg.") and p != "fedmrg." for p in allowed)
+    assert "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval" in allowed
+
+
+def test_workspace_command_writes_and_extends_resources(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "local").mkdir(parents=True)
+    (ws / "local" / "resources.json").write_text(json.dumps({"class_allow_list": ["mine.Filter"], "x": 1}))
+    assert main(["job", "workspace", str(JOB), "-w", str(ws)]) == 0
+    res = json.loads((ws / "local" / "resources.json").read_text())
+    assert res["x"] == 1 and res["class_allow_list"][:2] == ["mine.Filter", "fedmrg."]
+
+
+def test_variant_applies_overrides_on_both_sides(tmp_path):
+    out = write_variant(JOB, tmp_path / "v", ["rounds=3", "min_clients=3", "learner.overrides.method=fedlora",
+                                             "learner.local_steps=5", "server.model_selector.key_metric=ce_f1"])  # fmt: skip
+    server, client = _cfg(out, "server"), _cfg(out, "client")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["name"] == "v" and meta["min_clients"] == 3
+    sag = server["workflows"][0]["args"]
+    assert sag["num_rounds"] == 3 and sag["min_clients"] == 3
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["learner_args"]
+    learner = client["executors"][0]["executor"]["args"]["learner_args"]
+    for args in (persistor, learner):
+        assert args["overrides"]["method"] == "fedlora" and args["overrides"]["training"]["rounds"] == 3
+    assert learner["local_steps"] == 5 and "local_steps" not in persistor
+    assert next(c for c in server["components"] if c["id"] == "model_selector")["args"]["key_metric"] == "ce_f1"
+    # the base job is untouched
+    assert _cfg(JOB, "server")["workflows"][0]["args"]["num_rounds"] != 3
+
+
+@pytest.mark.parametrize("bad", ["nokey", "unknown.x=1", "server.nosuch.x=1"])
+def test_variant_rejects_bad_overrides(tmp_path, bad):
+    with pytest.raises(ConfigError):
+        write_variant(JOB, tmp_path / "v", [bad])
+
+
+def test_merge_overrides_is_recursive_and_copies():
+    base = {"training": {"batch_size": 8, "lr": 1.0}, "method": "fedmrg"}
+    merged = merge_overrides(base, {"training": {"batch_size": 2}, "method": "fedlora"})
+    assert merged == {"training": {"batch_size": 2, "lr": 1.0}, "method": "fedlora"}
+    assert base["training"]["batch_size"] == 8
