@@ -73,8 +73,7 @@ def main() -> int:
     import torch
 
     from fedmrg.config import load_config
-    from fedmrg.report import builtin_lm as lm
-    from fedmrg.report.builtin import ensure_builtin_models
+    from fedmrg.report.builtin import ensure_builtin_models, initial_decoder
     from fedmrg.report.builtin_recipe import BuiltinRecipe
 
     recipe = load_config(args.recipe, BuiltinRecipe) if args.recipe else BuiltinRecipe()
@@ -90,16 +89,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(models.tokenizer_dir)
-    d = recipe.decoder
-    random_init = lm.make_llama(
-        tok,
-        hidden_size=d.hidden_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        intermediate_size=d.intermediate_size,
-        max_positions=d.max_positions,
-        seed=recipe.seed,
-    )
+    random_init = initial_decoder(tok, recipe)
     warmed = AutoModelForCausalLM.from_pretrained(models.decoder_dir)
     site_texts = _site_style_texts(args.styles, 100)
     if site_texts:

@@ -21,6 +21,7 @@ from fedmrg.report.builtin import (
     MANIFEST,
     BuiltinModels,
     ensure_builtin_models,
+    initial_decoder,
     recipe_hash,
     save_tiny_random_llama,
     warmup_corpus,
@@ -214,16 +215,7 @@ def test_warmup_lowers_heldout_lm_loss(tiny_build: BuiltinModels, heldout_kind: 
     else:
         heldout = _site_style_reports(20)
     tok = AutoTokenizer.from_pretrained(tiny_build.tokenizer_dir)
-    d = recipe.decoder
-    random_init = lm.make_llama(
-        tok,
-        hidden_size=d.hidden_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        intermediate_size=d.intermediate_size,
-        max_positions=d.max_positions,
-        seed=recipe.seed,
-    )
+    random_init = initial_decoder(tok, recipe)
     warmed = AutoModelForCausalLM.from_pretrained(tiny_build.decoder_dir)
     before, after = lm.lm_loss(random_init, tok, heldout), lm.lm_loss(warmed, tok, heldout)
     assert before > 0.9 * np.log(len(tok))  # random init ~ uniform over the vocabulary

@@ -201,6 +201,22 @@ def ensure_builtin_models(
         lock.release()
 
 
+def initial_decoder(tokenizer, recipe: BuiltinRecipe):
+    """The recipe's Llama decoder before warm-up (random weights from ``recipe.seed``), sized for ``tokenizer``."""
+    from fedmrg.report import builtin_lm as lm  # torch + transformers: imported on use
+
+    d = recipe.decoder
+    return lm.make_llama(
+        tokenizer,
+        hidden_size=d.hidden_size,
+        num_layers=d.num_layers,
+        num_heads=d.num_heads,
+        intermediate_size=d.intermediate_size,
+        max_positions=d.max_positions,
+        seed=recipe.seed,
+    )
+
+
 def build_builtin_models(
     out_dir: str | Path,
     recipe: BuiltinRecipe,
@@ -245,16 +261,7 @@ def _build(
         n_tokens = sum(map(len, tokenizer(list(heldout), add_special_tokens=False)["input_ids"]))
         stats["heldout_tokens_per_word"] = n_tokens / sum(len(t.split()) for t in heldout)
 
-    d = recipe.decoder
-    model = lm.make_llama(
-        tokenizer,
-        hidden_size=d.hidden_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        intermediate_size=d.intermediate_size,
-        max_positions=d.max_positions,
-        seed=recipe.seed,
-    )
+    model = initial_decoder(tokenizer, recipe)
     stats["decoder_parameters"] = sum(p.numel() for p in model.parameters())
     if heldout:
         stats["heldout_loss_before"] = lm.lm_loss(model, tokenizer, heldout)
