@@ -74,7 +74,7 @@ def _prefetch(job: Path) -> None:
 
     args = _learner_args(job)
     learner = JobFedMRGLearner(config=args.get("config", "default.yaml"), overrides=args.get("overrides"))
-    learner._load_config()  # builds or finds the cached built-in models
+    learner._load_config(progress=True)  # builds or finds the cached built-in models
     if args.get("synthetic") is not None:
         from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
 

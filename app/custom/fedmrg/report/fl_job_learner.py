@@ -70,7 +70,8 @@ class JobFedMRGLearner(FedMRGLearner):
         self.overrides = overrides or {}
         self.synthetic = synthetic
 
-    def _load_config(self) -> Any:
+    def _load_config(self, *, progress: bool = False) -> Any:
+        """The run configuration, resolved once (``progress``: show the built-in models' build on stderr)."""
         if self._run_config is None:
             from fedmrg.config import load_yaml
             from fedmrg.report.run_config import packaged_config, run_config_from_dict
@@ -78,7 +79,7 @@ class JobFedMRGLearner(FedMRGLearner):
             path = Path(self.config)
             path = path if path.is_file() else packaged_config(self.config)
             data = merge_overrides(load_yaml(path), self.overrides)
-            self._run_config = run_config_from_dict(data, source=str(path), base_dir=path.parent, progress=False)
+            self._run_config = run_config_from_dict(data, source=str(path), base_dir=path.parent, progress=progress)
         return self._run_config
 
     def setup(self, site_name: str, workspace_dir: str, config: dict[str, Any]) -> None:

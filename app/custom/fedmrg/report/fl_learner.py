@@ -46,12 +46,15 @@ class FedMRGLearner:
         self._data: Any = None
 
     # ------------------------------------------------------------------ helpers
-    def _load_config(self) -> Any:
+    def _load_config(self, *, progress: bool = False) -> Any:
+        """The run configuration, resolved once (``progress``: show the built-in models' build on stderr)."""
         if self._run_config is None:
             from fedmrg.report.run_config import load_run_config, packaged_config
 
             path = Path(self.config)
-            self._run_config = load_run_config(path if path.is_file() else packaged_config(self.config), progress=False)
+            self._run_config = load_run_config(
+                path if path.is_file() else packaged_config(self.config), progress=progress
+            )
         return self._run_config
 
     def _build_model(self) -> Any:
