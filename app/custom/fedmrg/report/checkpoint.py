@@ -108,7 +108,7 @@ def _export_peft(run: Path, model: FedMRGModel, *, sites_with_private: list[str]
     if not isinstance(model.decoder, PeftModel):
         return  # `method: full` has no adapter (the decoder is in the shared state)
     # PEFT writes a non-default adapter into <dir>/<adapter name>/, hence the parent folders below. The embedding
-    # matrix is left out: it is frozen (the four prompt-token rows travel in the shared state, `state_tokens.weight`),
+    # matrix is left out: it is frozen (the prompt-token rows travel in the shared state, `state_tokens.*`),
     # and PEFT would otherwise save the whole resized matrix next to every adapter.
     kwargs = {"save_embedding_layers": False}
     model.decoder.save_pretrained(str(run / PEFT_DIR), selected_adapters=[GENERIC], **kwargs)

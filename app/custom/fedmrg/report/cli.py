@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone (a new site)")
     p.add_argument("--out", type=Path, help="output folder (default: RUN/eval/<site or all>-<split>)")
     p.add_argument("--limit", type=int, help="evaluate only the first N studies")
+    p.add_argument(
+        "--oracle-states",
+        action="store_true",
+        help="prompt with the ground-truth diagnosis states instead of the diagnosis head's (decoder upper bound)",
+    )
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
     p.add_argument("--batch-size", type=int, help="studies per generation batch (default: training.eval_batch_size)")
     p.add_argument("--device", default="auto", help="torch device (default auto)")
@@ -229,6 +234,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or loaded.config.training.eval_batch_size,
         generic_only=loaded.adapter == "generic",
         progress=not args.no_progress,
+        oracle_states=args.oracle_states,
         **kwargs,
     )
     result = score_rows(rows)
@@ -243,6 +249,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "split": args.split,
         "n_studies": len(records),
         "adapter": loaded.adapter,
+        "oracle_states": args.oracle_states,
         "private_site": loaded.private_site,
         "headline": headline(result),
         "baseline_most_frequent_report": {"headline": headline(baseline), "report": baseline["report"]},

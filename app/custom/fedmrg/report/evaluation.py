@@ -55,12 +55,15 @@ def generate_for_dataset(
     batch_size: int = 16,
     generic_only: bool = False,
     progress: bool = True,
+    oracle_states: bool = False,
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Generate a report for every study of ``dataset`` (samples of :class:`~fedmrg.report.data_loading.
     ReportDataset`). Returns rows ``{"study_id", "prediction", "reference", "states"}`` in dataset order.
 
-    ``generate_kwargs`` override ``config.generation`` (``num_beams``, ``max_new_tokens``, ...).
+    ``generate_kwargs`` override ``config.generation`` (``num_beams``, ``max_new_tokens``, ...). With
+    ``oracle_states`` the prompts carry the ground-truth states instead of the diagnosis head's (an upper bound that
+    shows whether the decoder follows its prompts).
     """
 
     def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -68,6 +71,7 @@ def generate_for_dataset(
             "images": torch.stack([s["image"] for s in samples]),
             "study_ids": [s["study_id"] for s in samples],
             "reports": [s["report"] for s in samples],
+            "states": torch.tensor([list(s["states"]) for s in samples], dtype=torch.long),
         }
 
     loader = make_loader(dataset, collate, batch_size=batch_size, shuffle=False)
@@ -78,6 +82,8 @@ def generate_for_dataset(
         batches = tqdm(loader, desc="generating", unit="batch")
     rows: list[dict[str, Any]] = []
     for batch in batches:
+        if oracle_states:
+            generate_kwargs["states"] = batch["states"]
         gen = _generate_batch(model, batch["images"], generic_only=generic_only, **generate_kwargs)
         described = describe_states(gen.states, gen.state_probs) or [None] * len(gen.reports)
         for sid, pred, ref, states in zip(batch["study_ids"], gen.reports, batch["reports"], described, strict=True):

@@ -44,7 +44,7 @@ from fedmrg.report.encoder import VisualEncoder
 from fedmrg.report.losses import language_model_loss, target_positions
 from fedmrg.report.projector import VisualProjector
 from fedmrg.report.prompt_layout import DecoderInputs, layout_inputs, text_prompt_ids
-from fedmrg.report.state_tokens import StateTokenEmbedding
+from fedmrg.report.state_tokens import StateTokenEmbedding, observation_name_embeddings
 
 Phase = Literal["generic", "specialized"]
 Role = Literal[
@@ -141,7 +141,13 @@ class FedMRGModel(nn.Module):
         self.projector = VisualProjector(self.encoder.out_dim, embedding.embedding_dim)
         self.diagnosis_head = DiagnosisHead(self.encoder.out_dim) if config.uses_prompts else None
         self.state_tokens = (
-            StateTokenEmbedding(loaded.state_token_ids, embedding.weight) if config.uses_prompts else None
+            StateTokenEmbedding(
+                loaded.state_token_ids,
+                embedding.weight,
+                None if loaded.tokenizer is None else observation_name_embeddings(loaded.tokenizer, embedding.weight),
+            )
+            if config.uses_prompts
+            else None
         )
         self.decoder = attach_adapters(loaded.model, config)
         self._phase: Phase = "generic"
@@ -348,12 +354,15 @@ class FedMRGModel(nn.Module):
         generic_only: bool = False,
         min_new_tokens: int | None = None,
         repetition_penalty: float | None = None,
+        states: torch.Tensor | None = None,
     ) -> GeneratedReports:
         """Write reports for images (B, 3, H, W) float32; the prompt states come from the diagnosis head.
 
         Args:
             max_new_tokens, num_beams, min_new_tokens, repetition_penalty: override ``config.generation``.
             generic_only: use G alone (a new site without S); otherwise the alpha-mix of G and S (paper 3.3.3).
+            states: (B, 14) int64 prompt states to use instead of the diagnosis head's (e.g. the ground truth, an
+                upper bound that tests the decoder alone); ``GeneratedReports.states`` then returns them.
         """
         g = self.config.generation
         num_beams = g.num_beams if num_beams is None else num_beams
@@ -372,11 +381,17 @@ class FedMRGModel(nn.Module):
         self.eval()
         try:
             encoded = self.encode(images)
-            states = probs = None
+            probs = None
+            b = encoded.tokens.shape[0]
             if encoded.state_logits is not None:
                 probs = encoded.state_logits.float().softmax(-1)
-                states = probs.argmax(-1)
-            b = encoded.tokens.shape[0]
+                if states is None:
+                    states = probs.argmax(-1)
+                elif tuple(states.shape) != tuple(probs.shape[:2]):
+                    raise ValueError(f"`states` must have shape {tuple(probs.shape[:2])}, got {tuple(states.shape)}")
+                states = states.to(device=encoded.tokens.device, dtype=torch.long)
+            elif states is not None:
+                raise ValueError(f"`method: {self.config.method}` has no diagnosis prompts; `states` must be None")
             inputs = layout_inputs(encoded.tokens, self._prompt_ids(states, b, encoded.tokens.device), self._embed)
             embeds, mask, extra = self._virtual(inputs, b, num_beams)
             extra.pop("use_cache", None)  # generation caches anyway; passing it next to a GenerationConfig warns

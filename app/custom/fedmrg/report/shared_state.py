@@ -4,7 +4,8 @@ Shared (FedAvg'ed), in an adapter-name-free spelling that is the same at every s
 
 - ``encoder.*``: encoder parameters and float buffers (BatchNorm running statistics; ``num_batches_tracked`` is an
   integer counter and stays local), when ``encoder.trainable``;
-- ``projector.*``, ``diagnosis_head.*`` and ``state_tokens.weight`` (the four prompt-token rows);
+- ``projector.*``, ``diagnosis_head.*`` and ``state_tokens.*`` (the four prompt-token state rows
+  and the 14 observation rows);
 - ``adapter.*``: the generic adapter G under its PEFT name without the adapter segment
   (``adapter.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``), or the single adapter of a baseline;
 - ``decoder.*``: every base decoder weight under its checkpoint name, only in CLM mode (``method: full`` included).
