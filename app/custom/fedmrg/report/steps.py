@@ -62,6 +62,25 @@ def _teacher(
         return model(batch, adapter=adapter, encoded=detach_encoded(encoded))  # type: ignore[arg-type]
 
 
+def _distill_from(
+    model: FedMRGModel,
+    batch: Mapping[str, torch.Tensor],
+    teacher_adapter: str,
+    out: FedMRGOutput,
+    encoded: EncodedImages,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper eq. 4-5: (cosine-embedding, KL) of the student ``out`` against the ``teacher_adapter`` pass (no grad)."""
+    teacher = _teacher(model, batch, teacher_adapter, encoded)
+    return distillation_losses(
+        out.logits,
+        out.hidden,
+        teacher.logits,
+        teacher.hidden,
+        out.report_positions,
+        temperature=model.config.losses.kd_temperature,
+    )
+
+
 def generic_step_losses(
     model: FedMRGModel, batch: Mapping[str, torch.Tensor], *, negatives: torch.Tensor | None = None
 ) -> StepLosses:
@@ -76,15 +95,7 @@ def generic_step_losses(
         total = total + cfg.losses.lambda_con * out.con_loss
     kd_cos = kd_kl = None
     if cfg.kd_specialized_to_generic:
-        teacher = _teacher(model, batch, "specialized", out.encoded)
-        kd_cos, kd_kl = distillation_losses(
-            out.logits,
-            out.hidden,
-            teacher.logits,
-            teacher.hidden,
-            out.report_positions,
-            temperature=cfg.losses.kd_temperature,
-        )
+        kd_cos, kd_kl = _distill_from(model, batch, "specialized", out, out.encoded)
         total = total + cfg.losses.lambda_kd * (kd_cos + kd_kl)
     return StepLosses(total, out.lm_loss, out.cls_loss, out.con_loss, kd_cos, kd_kl, out.encoded)
 
@@ -107,15 +118,7 @@ def specialized_step_losses(
     total = out.lm_loss
     kd_cos = kd_kl = None
     if cfg.kd_generic_to_specialized:
-        teacher = _teacher(model, batch, "generic", encoded)
-        kd_cos, kd_kl = distillation_losses(
-            out.logits,
-            out.hidden,
-            teacher.logits,
-            teacher.hidden,
-            out.report_positions,
-            temperature=cfg.losses.kd_temperature,
-        )
+        kd_cos, kd_kl = _distill_from(model, batch, "generic", out, encoded)
         total = total + cfg.losses.lambda_kd * (kd_cos + kd_kl)
     return StepLosses(total, out.lm_loss, None, None, kd_cos, kd_kl, encoded)
 
