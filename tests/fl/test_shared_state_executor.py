@@ -141,7 +141,10 @@ def test_validate_and_submit_model_tasks(flare, tmp_path, toy_args):
     task = DXO(DataKind.WEIGHTS, data=submitted.data).to_shareable()
     metrics = from_shareable(exe.execute("validate", task, ctx, Signal()))
     assert metrics.data_kind == DataKind.METRICS
-    assert set(metrics.data) == {"mse", "r2"} and all(np.isfinite(list(metrics.data.values())))
+    # a site that trained reports the generic-only metrics and the personalized ones (its own private head)
+    assert set(metrics.data) == {"mse", "r2", "personalized_mse", "personalized_r2"}
+    assert all(np.isfinite(list(metrics.data.values())))
+    assert metrics.data["mse"] != metrics.data["personalized_mse"]
     assert exe.execute("nope", task, ctx, Signal()).get_return_code() == ReturnCode.TASK_UNKNOWN
 
 
@@ -171,3 +174,25 @@ def test_private_dir_outside_the_run(flare, tmp_path, toy_args):
 def test_constructor_validation(kwargs, error, message):
     with pytest.raises(error, match=message):
         SharedStateExecutor(**({"learner_path": TOY} | kwargs))
+
+
+def test_cross_site_before_training_is_generic_only(flare, tmp_path, toy_args):
+    exe, ctx, _ = _start(flare, tmp_path, toy_args)
+    task = DXO(DataKind.WEIGHTS, data=ToyLearner(**toy_args).initial_shared_state()).to_shareable()
+    assert set(from_shareable(exe.execute("validate", task, ctx, Signal())).data) == {"mse", "r2"}
+
+
+def test_evaluation_only_site_declines_train_and_evaluates(flare, tmp_path, toy_args, caplog):
+    local = tmp_path / "unseen-1" / "local"
+    local.mkdir(parents=True)
+    (local / "fedmrg_site.json").write_text(json.dumps({"sites": {"unseen-1": {"role": "evaluate"}}}))
+    exe, ctx, engine = _start(flare, tmp_path, toy_args, site="unseen-1")
+    init = ToyLearner(**toy_args).initial_shared_state()
+    with caplog.at_level(logging.INFO):
+        assert (
+            exe.execute("train", _train_task(init, 0), ctx, Signal()).get_return_code() == ReturnCode.TASK_UNSUPPORTED
+        )
+    assert "unseen-1" in caplog.text and "evaluation-only" in caplog.text
+    assert not any(e["event"] == "train" for e in _events(flare, engine))
+    task = DXO(DataKind.WEIGHTS, data=init).to_shareable()
+    assert set(from_shareable(exe.execute("validate", task, ctx, Signal())).data) == {"mse", "r2"}

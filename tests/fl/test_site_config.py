@@ -53,3 +53,16 @@ def test_load_site_config(tmp_path):
     (tmp_path / "fedmrg_site.json").write_text(json.dumps({"data_root": 3}))
     with pytest.raises(ConfigError, match="`data_root` must be a str"):
         load_site_config(tmp_path)
+
+
+def test_site_sections_win_over_the_top_level(tmp_path):
+    cfg = {"device": "cpu", "sites": {"unseen-1": {"role": "evaluate", "device": "cuda:0"}}}
+    (tmp_path / "fedmrg_site.json").write_text(json.dumps(cfg))
+    assert load_site_config(tmp_path, "unseen-1") == {"device": "cuda:0", "role": "evaluate"}
+    assert load_site_config(tmp_path, "site-1") == {"device": "cpu"}
+    (tmp_path / "fedmrg_site.json").write_text(json.dumps({"sites": {"s": {"role": "observer"}}}))
+    with pytest.raises(ConfigError, match="`role` must be one of"):
+        load_site_config(tmp_path, "s")
+    (tmp_path / "fedmrg_site.json").write_text(json.dumps({"sites": ["s"]}))
+    with pytest.raises(ConfigError, match="`sites` must map a site name"):
+        load_site_config(tmp_path, "s")

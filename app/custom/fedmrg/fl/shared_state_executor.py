@@ -8,8 +8,16 @@ Tasks:
   IntimeModelSelector`), trains, and returns a WEIGHT_DIFF DXO holding exactly the shared keys with
   ``MetaKey.NUM_STEPS_CURRENT_ROUND`` = the number of training samples. Training metrics and the site's extra
   payloads (e.g. memory-bank features) travel in the DXO meta, never in the data;
-- ``validate`` (cross-site evaluation): evaluates the received model on the ``test_split``, returns a METRICS DXO;
+- ``validate`` (cross-site evaluation): evaluates the received model on the ``test_split`` with the shared state alone
+  (generic only: keys as the learner names them, e.g. ``bleu4``) and, at a site that has trained and with
+  ``personalized``, also with the site's private part (the same keys prefixed ``personalized_``); returns a METRICS
+  DXO. A personalized model never leaves its site, so "site A's personalized model on site B's data" cannot exist:
+  each site personalizes every received model with its own private part;
 - ``submit_model`` (cross-site evaluation): returns the site's last local shared state as a WEIGHTS DXO.
+
+A site whose ``fedmrg_site.json`` says ``"role": "evaluate"`` (see :mod:`fedmrg.fl.site_config`) declines ``train``
+with ``TASK_UNSUPPORTED`` (ScatterAndGather carries on with the other sites while ``min_clients`` allows) and takes
+part in cross-site evaluation only: the benchmark's unseen site.
 
 The private state is saved in ``private_dir`` after every round and loaded at START_RUN, so it survives rounds,
 client-process restarts (the simulator recreates processes when ``-t`` < ``-n``) and, with a ``private_dir``
@@ -17,7 +25,9 @@ outside the run, restarted runs.
 
 A learner exception never hangs the run: it is logged with the site, task and round, and the task returns an error
 return code (``EXECUTION_EXCEPTION``; ``BAD_TASK_DATA`` for a malformed task, ``EXECUTION_RESULT_ERROR`` for an
-invalid learner output), which the server's ``ignore_result_error`` policy handles.
+invalid learner output), which the server's ``ignore_result_error`` policy handles. A site whose differential-privacy
+budget is spent (:class:`~fedmrg.privacy.errors.PrivacyBudgetExhausted`) refuses the round the same way, with a
+one-line error instead of a traceback.
 """
 
 from __future__ import annotations
@@ -44,10 +54,13 @@ from fedmrg.fl.constants import FedMetaKey
 from fedmrg.fl.learner import SharedStateLearner, State, TrainOutcome, build_learner, check_state
 from fedmrg.fl.site_config import load_site_config, resolve_data_root
 from fedmrg.fl.state_files import load_state, replace_dir, save_state
+from fedmrg.privacy.errors import PrivacyBudgetExhausted
 
 _PRIVATE_SUBDIR = "private"
 _LOCAL_MODEL_FILE = "local_model.safetensors"
 _PROGRESS_FILE = "progress.json"
+#: prefix of the cross-site metrics computed with the site's private part
+PERSONALIZED_PREFIX = "personalized_"
 
 
 class _TaskError(Exception):
@@ -93,7 +106,8 @@ class SharedStateExecutor(Executor):
                 and report it as ``MetaKey.INITIAL_METRICS`` (best-model selection, summary). Defaults to True.
             val_split: split used by ``validate_before_train``. Defaults to ``"val"``.
             test_split: split used by the validate task. Defaults to ``"test"``.
-            personalized: evaluate with the site's private part (True) or the shared state alone (False).
+            personalized: use the site's private part in the per-round validation and add personalized metrics to
+                the cross-site ones (True), or use the shared state alone (False). Defaults to True.
 
         Raises:
             TypeError, ValueError: when an argument has a wrong type or value (the message names it).
@@ -130,6 +144,7 @@ class SharedStateExecutor(Executor):
         self.learner: SharedStateLearner | None = None
         self._keys: list[str] = []
         self._site = "?"
+        self._role = "train"
         self._private_root: Path | None = None
         self._setup_error = ""
 
@@ -146,7 +161,8 @@ class SharedStateExecutor(Executor):
             root = Path(workspace.get_root_dir())
             app_dir = Path(workspace.get_app_dir(job_id))
             app_dir.mkdir(parents=True, exist_ok=True)
-            site_cfg = load_site_config(workspace.get_site_config_dir())
+            site_cfg = load_site_config(workspace.get_site_config_dir(), self._site)
+            self._role = site_cfg.pop("role", "train")
             data_root, source = resolve_data_root(
                 self.data_root_template, self._site, site_config=site_cfg, environ=os.environ, base_dir=root
             )
@@ -193,6 +209,9 @@ class SharedStateExecutor(Executor):
             self.log_error(fl_ctx, f"{where}: cannot run: {self._setup_error or 'learner not set up (no START_RUN)'}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         try:
+            if task_name == self.train_task and self._role == "evaluate":
+                self.log_info(fl_ctx, f"{where}: evaluation-only site (role 'evaluate'): train declined")
+                return make_reply(ReturnCode.TASK_UNSUPPORTED)
             if task_name == self.train_task:
                 return self._train(shareable, round_num, fl_ctx, abort_signal, where)
             if self.validate_task and task_name == self.validate_task:
@@ -204,6 +223,9 @@ class SharedStateExecutor(Executor):
         except _TaskError as e:
             self.log_error(fl_ctx, f"{where}: {e}")
             return make_reply(e.rc)
+        except PrivacyBudgetExhausted as e:  # the site refuses; ScatterAndGather goes on while min_clients remain
+            self.log_error(fl_ctx, f"{where}: refused: {e}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         except Exception as e:
             self.log_exception(fl_ctx, f"{where}: learner failed: {secure_format_exception(e)}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -287,6 +309,10 @@ class SharedStateExecutor(Executor):
         progress = {"site": self._site, "last_round": round_num}
         (self._private_root / _PROGRESS_FILE).write_text(json.dumps(progress), encoding="utf-8")
 
+    def _has_trained(self) -> bool:
+        """Whether this site has a private part of its own (it trained in this run or a resumed one)."""
+        return self._role == "train" and (self._private_root / _PRIVATE_SUBDIR).is_dir()
+
     def _read_progress(self) -> dict[str, Any]:
         path = self._private_root / _PROGRESS_FILE
         try:
@@ -298,8 +324,13 @@ class SharedStateExecutor(Executor):
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
         state, _ = self._received_state(shareable, f"{where}, model of {owner}")
         metrics = _check_metrics(
-            self.learner.validate(state, personalized=self.personalized, split=self.test_split), f"validate() ({where})"
+            self.learner.validate(state, personalized=False, split=self.test_split), f"validate() ({where})"
         )
+        if self.personalized and self._has_trained():
+            personalized = _check_metrics(
+                self.learner.validate(state, personalized=True, split=self.test_split), f"validate() ({where})"
+            )
+            metrics |= {f"{PERSONALIZED_PREFIX}{k}": v for k, v in personalized.items()}
         self.log_info(fl_ctx, f"{where}: model of {owner} on {self.test_split}: {_fmt(metrics)}")
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
 

@@ -14,7 +14,12 @@ Every value may contain ``{site}`` (replaced by the client name) and ``~``. A re
 site's workspace root. An empty result means "no data root" (the learner decides whether that is an error).
 
 ``fedmrg_site.json`` is a JSON object; besides ``data_root`` its keys (e.g. ``"device": "cuda:1"``) are handed to the
-learner's ``setup`` as site-local runtime settings and never leave the site.
+learner's ``setup`` as site-local runtime settings and never leave the site. Two keys are the executor's own:
+
+- ``role``: ``"train"`` (default) or ``"evaluate"``: an evaluation-only site (e.g. a hospital that has not joined
+  training, the benchmark's *unseen* site) declines ``train`` tasks and only takes part in cross-site evaluation;
+- ``sites``: ``{site name: {key: value}}``, settings for one site that win over the top-level ones. The simulator
+  copies one ``local/`` folder to every simulated site, so this is how a simulated site gets settings of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from fedmrg.errors import ConfigError
 
 SITE_CONFIG_FILE = "fedmrg_site.json"
+ROLES = ("train", "evaluate")
 ENV_DATA_ROOT = "FEDMRG_DATA_ROOT"
 
 
@@ -37,8 +43,11 @@ def site_env_var(site_name: str) -> str:
     return f"{ENV_DATA_ROOT}_{re.sub(r'[^A-Za-z0-9]', '_', site_name).upper()}"
 
 
-def load_site_config(local_dir: str | Path) -> dict[str, Any]:
-    """Read ``<local_dir>/fedmrg_site.json``; ``{}`` when absent. ConfigError naming the file when malformed."""
+def load_site_config(local_dir: str | Path, site_name: str | None = None) -> dict[str, Any]:
+    """Read ``<local_dir>/fedmrg_site.json``; ``{}`` when absent. ConfigError naming the file when malformed.
+
+    With ``site_name``, that site's section of ``sites`` is merged over the top level (and ``sites`` removed).
+    """
     path = Path(local_dir) / SITE_CONFIG_FILE
     if not path.is_file():
         return {}
@@ -48,8 +57,15 @@ def load_site_config(local_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not readable as JSON: {e}") from e
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: must hold a JSON object, got {type(cfg).__name__}")
+    sections = cfg.get("sites", {})
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise ConfigError(f"{path}: `sites` must map a site name to an object of settings, got {sections!r}")
+    if site_name is not None:
+        cfg = {k: v for k, v in cfg.items() if k != "sites"} | sections.get(site_name, {})
     if "data_root" in cfg and not isinstance(cfg["data_root"], str):
         raise ConfigError(f"{path}: `data_root` must be a str, got {cfg['data_root']!r}")
+    if cfg.get("role", "train") not in ROLES:
+        raise ConfigError(f"{path}: `role` must be one of {list(ROLES)}, got {cfg['role']!r}")
     return cfg
 
 
