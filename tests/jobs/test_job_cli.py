@@ -68,3 +68,18 @@ def test_merge_overrides_is_recursive_and_copies():
     merged = merge_overrides(base, {"training": {"batch_size": 2}, "method": "fedlora"})
     assert merged == {"training": {"batch_size": 2, "lr": 1.0}, "method": "fedlora"}
     assert base["training"]["batch_size"] == 8
+
+
+def test_variant_switches_secure_aggregation_on(tmp_path):
+    out = write_variant(JOB, tmp_path / "v", ["secure_aggregation=true", "secure_aggregation.clip_norm=2.0"])
+    server, client = _cfg(out, "server"), _cfg(out, "client")
+    workflow = server["workflows"][0]
+    assert workflow["path"].endswith("SecureScatterAndGather") and workflow["args"]["clip_norm"] == 2.0
+    assert next(c for c in server["components"] if c["id"] == "aggregator")["path"].endswith("SecureAggregator")
+    filters = [f["path"] for g in server["task_data_filters"] for f in g["filters"]]
+    assert not [f for f in filters if f.endswith("ExtraPayloadRelay")]  # patient-derived features stay home
+    learner = client["executors"][0]["executor"]["args"]["learner_args"]
+    assert learner["overrides"]["memory_bank"]["upload_per_round"] == 0
+    # off unless asked for
+    plain = _cfg(write_variant(JOB, tmp_path / "p", ["rounds=2"]), "server")
+    assert not plain["workflows"][0]["path"].endswith("SecureScatterAndGather")

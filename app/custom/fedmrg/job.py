@@ -20,7 +20,10 @@ Keys of ``--set`` (values are JSON, else strings):
 - ``learner.<a.b.c>``: the learner's arguments at every site; ``config`` and ``overrides.*`` also on the server's
   persistor (both sides must build the same model);
 - ``client.<a.b.c>``: other executor arguments (e.g. ``client.private_dir``);
-- ``server.<component id>.<a.b.c>``: arguments of a server component or workflow (e.g. ``server.model_selector.key_metric``).
+- ``server.<component id>.<a.b.c>``: arguments of a server component or workflow (e.g. ``server.model_selector.key_metric``);
+- ``secure_aggregation=true`` and ``secure_aggregation.<option>`` (``clip_norm``, ``max_weight``, ``threshold``,
+  ``min_sites``, ``identity``): switch pairwise-masked secure aggregation on
+  (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
 """
 
 from __future__ import annotations
@@ -76,9 +79,14 @@ def allow_list(job_dir: str | Path, extra: Iterable[str] = ()) -> list[str]:
 
 
 def prepare_workspace(job_dir: str | Path, workspace: str | Path, extra: Iterable[str] = ()) -> Path:
-    """Write (or extend) ``<workspace>/local/resources.json`` so the simulator may build the job's components."""
+    """Write (or extend) ``<workspace>/local/resources.json`` so the simulator may build the job's components.
+
+    In a provisioned startup kit, a missing ``resources.json`` starts as a copy of ``resources.json.default`` (FLARE
+    reads one or the other, so a file with the allow-list alone would drop the kit's resource manager and launcher).
+    """
     path = Path(workspace) / "local" / "resources.json"
-    resources = _read(path) if path.is_file() else {}
+    default = path.with_name("resources.json.default")
+    resources = _read(path) if path.is_file() else _read(default) if default.is_file() else {}
     current = resources.get("class_allow_list", [])
     wanted = allow_list(job_dir, extra)
     resources["class_allow_list"] = [*current, *(p for p in wanted if p not in current)]
@@ -119,6 +127,7 @@ def apply_overrides(job_dir: str | Path, sets: Iterable[str]) -> None:
     executor = client["executors"][0]["executor"].setdefault("args", {})
     workflow = server["workflows"][0].setdefault("args", {})
     persistor = _component(server, workflow.get("persistor_id", "persistor"))
+    secagg: dict = {}
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -142,8 +151,17 @@ def apply_overrides(job_dir: str | Path, sets: Iterable[str]) -> None:
             if not sub:
                 raise ConfigError(f"--set {item!r}: expected server.<component id>.<argument>")
             _set(_component(server, comp_id), sub, value, str(SERVER_CONFIG))
+        elif key == "secure_aggregation" or key.startswith("secure_aggregation."):
+            secagg[key.partition(".")[2] or "on"] = value
         else:
-            raise ConfigError(f"--set {item!r}: unknown key; use rounds, min_clients, learner.*, client.* or server.*")
+            raise ConfigError(
+                f"--set {item!r}: unknown key; use rounds, min_clients, learner.*, client.*, server.* or "
+                "secure_aggregation[.*]"
+            )
+    if secagg.pop("on", bool(secagg)):
+        from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
+
+        apply_secure_aggregation(server, client, secagg)
     for path, data in ((job / "meta.json", meta), (job / SERVER_CONFIG, server), (job / CLIENT_CONFIG, client)):
         path.write_text(json.dumps(data, indent=2) + "\n")
 
