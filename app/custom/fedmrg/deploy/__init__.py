@@ -1,0 +1,1 @@
+"""Deployment helpers: the FLARE provisioning builder that makes startup kits ready for FedMRG jobs."""
