@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fedmrg.privacy.dp_config import PrivacyConfig
+
 Method = Literal["fedmrg", "fedlora", "fedprompt", "fedprefix", "fedvera", "full"]
 METHODS: tuple[str, ...] = ("fedmrg", "fedlora", "fedprompt", "fedprefix", "fedvera", "full")
 EncoderPreset = Literal["resnet-tiny", "resnet-18", "resnet-50", "resnet-101"]
@@ -229,6 +231,7 @@ class FedMRGConfig:
         encoder, adapter, losses, memory_bank, ablations, generation: see their classes.
         alpha_mix: weight of the generic adapter at inference at a participating site,
             h = W0 x + alpha * G(x) + (1 - alpha) * S(x) (paper eq. 6: 0.5).
+        privacy: optional differential privacy (:class:`~fedmrg.privacy.dp_config.PrivacyConfig`), off by default.
         version: config schema version (:data:`CONFIG_VERSION`).
     """
 
@@ -241,6 +244,7 @@ class FedMRGConfig:
     ablations: AblationConfig = field(default_factory=AblationConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     alpha_mix: float = 0.5
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -256,6 +260,11 @@ class FedMRGConfig:
             not (self.method == "full" and self.decoder.mode == "llm"),
             "`method: full` trains and shares the whole decoder, which contradicts `decoder.mode: llm`; "
             "use `decoder.mode: clm` or `auto`",
+        )
+        _check(
+            not (self.privacy.dp_sgd.enabled and self.uses_contrastive),
+            "`privacy.dp_sgd.enabled` requires `ablations.no_contrastive: true`: the contrastive loss couples the "
+            "studies of a batch (no per-study gradient) and its memory bank uploads raw patient-derived features",
         )
         _check(
             self.peft_type not in ("lora", "vera") or bool(self.adapter.target_modules),

@@ -167,6 +167,11 @@ class LocalTrainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(tb_dir))
+        self.dp = None  # patient-level DP-SGD replaces the optimizer loop when the config enables it
+        if model.config.privacy.dp_sgd.enabled:
+            from fedmrg.privacy.dp_sgd import PatientLevelDP
+
+            self.dp = PatientLevelDP(model.config.privacy.dp_sgd, self)
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -217,7 +222,10 @@ class LocalTrainer:
         negatives = self._check_negatives(bank_negatives)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 100_003 + round_num)
-            metrics, num_samples = self._run(n_steps, round_num, negatives)
+            if self.dp is not None:
+                metrics, num_samples = self.dp.run_round(n_steps, round_num)
+            else:
+                metrics, num_samples = self._run(n_steps, round_num, negatives)
             bank = self._bank_features(round_num)
         self._log_scalars(metrics, step=round_num, prefix="round/")
         return RoundOutput(get_shared_state(model), get_private_state(model), metrics, num_samples, bank)
