@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedmrg.report.config import AdapterConfig, DecoderConfig, EncoderConfig, FedMRGConfig
+from fedmrg.report.diagnosis_prompt import PROMPT_VOCABULARY
 
 #: Eight distinct studies: report text and 14 states (State order: 0 blank, 1 pos, 2 neg, 3 unc).
 STUDIES: list[tuple[str, list[int]]] = [
@@ -31,7 +32,8 @@ IMAGE_SIZE = 64
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
-    words = sorted({w for text, _ in STUDIES for w in text.split()})
+    # the reports' words and the diagnosis prompt's (observation names, state words), as a pretrained LLM knows them
+    words = sorted({w for text, _ in STUDIES for w in text.split()} | set(PROMPT_VOCABULARY.split()))
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

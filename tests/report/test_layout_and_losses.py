@@ -59,46 +59,26 @@ def test_distillation_is_zero_for_identical_outputs_and_matches_formula():
 def test_state_token_embedding_overrides_only_its_rows():
     base = torch.randn(10, 4)
     st = StateTokenEmbedding([6, 7, 8, 9], base)
-    ids = torch.tensor([[1, 6, 9, 2]])
+    ids = torch.tensor([[1, 6, 9, 2, 6]])
     out = st(ids, base[ids])
     assert torch.equal(out[0, 0], base[1]) and torch.equal(out[0, 3], base[2])
-    # the k-th state token is observation k's slot: state row + observation row k
-    assert torch.equal(out[0, 1], st.weight[0] + st.observation[0])
-    assert torch.equal(out[0, 2], st.weight[3] + st.observation[1])
+    assert torch.equal(out[0, 1], st.weight[0]) and torch.equal(out[0, 2], st.weight[3])
+    assert torch.equal(out[0, 4], st.weight[0])
     out.sum().backward()
     assert st.weight.grad[[0, 3]].abs().sum() > 0 and st.weight.grad[[1, 2]].abs().sum() == 0
-    assert st.observation.grad[:2].abs().sum() > 0 and st.observation.grad[2:].abs().sum() == 0
-    assert st.states_to_ids(torch.tensor([[0, 3, 1]])).tolist() == [[6, 9, 7]]
+    with pytest.raises(ValueError, match="`init` must have shape"):
+        StateTokenEmbedding([6, 7, 8, 9], base, torch.zeros(3, 4))
 
 
-def test_same_state_for_different_observations_gets_different_prompt_embeddings():
-    base = torch.randn(10, 8)
-    st = StateTokenEmbedding([6, 7, 8, 9], base)
-    pos = torch.full((1, 14), 7)  # [POS] for every observation
-    out = st(pos, base[pos])[0]  # (14, 8)
-    assert torch.cdist(out, out).add(torch.eye(14)).min() > 1e-3  # 14 distinct rows
-    # and a state change at one observation changes that slot only
-    other = pos.clone()
-    other[0, 4] = 8
-    changed = (st(other, base[other])[0] != out).any(-1)
-    assert changed.tolist() == [i == 4 for i in range(14)]
-    with pytest.raises(ValueError, match="more than 14"):
-        st(torch.full((1, 15), 7), base[torch.full((1, 15), 7)])
-    with pytest.raises(ValueError, match="observation_init"):
-        StateTokenEmbedding([6, 7, 8, 9], base, torch.zeros(13, 8))
-
-
-def test_observation_rows_start_from_the_decoder_embedding_of_their_names(make_config):
-    from fedmrg.observations import OBSERVATIONS
+def test_state_rows_start_from_the_decoder_embedding_of_the_state_words(make_config):
+    from fedmrg.report.diagnosis_prompt import STATE_WORDS
     from fedmrg.report.model import FedMRGModel
 
     torch.manual_seed(0)
     model = FedMRGModel(make_config())
     table = model.lm.get_input_embeddings().weight.detach().float()
-    rows = model.state_tokens.observation.detach()
-    edema = model.tokenizer("edema", add_special_tokens=False)["input_ids"]
-    assert torch.allclose(rows[OBSERVATIONS.index("Edema")], 0.1 * (table[edema].mean(0) - table.mean(0)))
-    pleural = model.tokenizer("pleural effusion", add_special_tokens=False)["input_ids"]
-    expected = 0.1 * (table[pleural].mean(0) - table.mean(0))
-    assert len(pleural) == 2 and torch.allclose(rows[OBSERVATIONS.index("Pleural Effusion")], expected)
-    assert torch.cdist(rows, rows).add(torch.eye(14)).min() > 1e-3  # names unknown to the tokenizer: random rows
+    rows = model.state_tokens.weight.detach()
+    for k, word in enumerate(STATE_WORDS):
+        ids = model.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        assert torch.allclose(rows[k], table[ids].mean(0))
+    assert torch.cdist(rows, rows).add(torch.eye(4)).min() > 1e-3

@@ -54,7 +54,7 @@ def test_outputs_and_loss_parts(make_config, make_batch):
     batch = make_batch(model, n=3)
     out = model(batch, adapter="mixed")
     assert out.encoded.tokens.shape == (3, 4, 32)  # 64 px / stride 32 = 2 x 2 patches, projected to d_model 32
-    length = 4 + 14 + 1 + batch["input_ids"].shape[1]  # visual + states + BOS + report
+    length = 4 + model.diagnosis_prompt.length + 1 + batch["input_ids"].shape[1]  # visual + prompt + BOS + report
     assert out.logits.shape == (3, length, len(model.tokenizer)) and out.labels.shape == (3, length)
     assert out.hidden.shape == (3, length, 32)
     assert out.lm_loss.ndim == 0 and out.cls_loss.ndim == 0 and out.con_loss.ndim == 0
@@ -80,15 +80,16 @@ def test_prompt_states_are_ground_truth_in_training_and_predicted_at_inference(m
         bias[torch.arange(14), pattern] = 5.0
         model.diagnosis_head.linear.bias.copy_(bias.flatten())
     token_ids = torch.tensor(model.state_token_ids)
+    slots = model.diagnosis_prompt.slots  # positions of the 14 state tokens in the prompt
 
     model(batch)
-    assert torch.equal(seen[-1][:, :14], token_ids[batch["states"]])  # training: ground truth
+    assert torch.equal(seen[-1][:, slots], token_ids[batch["states"]])  # training: ground truth
     assert not torch.equal(batch["states"][0], pattern)
 
     seen.clear()
     gen = model.generate(batch["images"], max_new_tokens=3, num_beams=1)
     assert torch.equal(gen.states, pattern.expand(2, 14))  # inference: the head's argmax
-    assert torch.equal(seen[0][:, :14], token_ids[pattern].expand(2, 14))
+    assert torch.equal(seen[0][:, slots], token_ids[pattern].expand(2, 14))
     assert gen.state_probs.shape == (2, 14, 4)
     assert torch.allclose(gen.state_probs.sum(-1), torch.ones(2, 14))
 

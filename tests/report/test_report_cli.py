@@ -122,7 +122,7 @@ def test_bad_inputs_give_clear_errors(env, capsys, tmp_path):
 def test_inspect_model_counts_llama2_7b_without_weights(capsys):
     assert main(["inspect-model", "--config", "llama2-7b.yaml", "--meta", "--decoder-shape", "llama-2-7b"]) == 0
     out = capsys.readouterr().out
-    assert "59,478,136" in out and "meta device" in out
+    assert "59,420,792" in out and "meta device" in out
     assert main(["inspect-model", "--config", "llama2-7b.yaml", "--meta"]) == 1  # placeholder path, no shape
     assert "--decoder-shape" in capsys.readouterr().err
 

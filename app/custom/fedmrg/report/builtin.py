@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Bump when the builder's code changes what it produces for the same recipe.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 #: Manifest written last into a finished build; its presence marks the build complete.
 MANIFEST = "builtin.json"
 _LIBRARIES = ("torch", "transformers", "tokenizers")
@@ -240,6 +240,7 @@ def _build(
     out: Path, recipe: BuiltinRecipe, *, train: Sequence[str], heldout: Sequence[str], recipe_key: str, progress: bool
 ) -> dict[str, Any]:
     from fedmrg.report import builtin_lm as lm
+    from fedmrg.report.diagnosis_prompt import PROMPT_VOCABULARY, labels_word_prompts
 
     out.mkdir(parents=True)
     t_start = time.perf_counter()
@@ -249,6 +250,8 @@ def _build(
     tok_texts = list(train)
     if recipe.tokenizer.use_lexicon:  # each lexicon line min_frequency times, so its words' merges are eligible
         tok_texts += lexicon_lines() * recipe.tokenizer.min_frequency
+    if recipe.warmup.prompted_fraction > 0:  # the prompt's words, as often as a frequent corpus word
+        tok_texts += [PROMPT_VOCABULARY] * max(1, len(train) // 10)
     tokenizer = lm.train_report_tokenizer(
         tok_texts,
         vocab_size=recipe.tokenizer.vocab_size,
@@ -272,6 +275,8 @@ def _build(
             f"warming up the decoder ({stats['decoder_parameters'] / 1e6:.2f} M parameters) for {w.steps} steps",
         )
         t0 = time.perf_counter()
+        prompts = labels_word_prompts(tokenizer, train, fraction=w.prompted_fraction, seed=recipe.seed)
+        stats["warmup_prompted_reports"] = sum(p is not None for p in prompts)
         losses = lm.warm_up_lm(
             model,
             tokenizer,
@@ -282,6 +287,7 @@ def _build(
             learning_rate=w.learning_rate,
             seed=recipe.seed,
             label_smoothing=w.label_smoothing,
+            prompts=prompts,
             progress=progress,
         )
         stats["warmup_seconds"] = time.perf_counter() - t0

@@ -145,15 +145,27 @@ def make_resnet_encoder(
         return ResNetModel(config)
 
 
-def _encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:
-    """``[bos] + tokens + [eos]`` per text."""
+def _encode(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], prompts: Sequence[Sequence[int] | None] | None = None
+) -> list[list[int]]:
+    """``[prompt] + [bos] + tokens + [eos]`` per text (``prompts[i]``: token ids, or None for no prompt)."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for x in ids]
+    prompts = prompts if prompts is not None else [None] * len(ids)
+    if len(prompts) != len(ids):
+        raise ValueError(f"{len(prompts)} prompts for {len(ids)} texts")
+    return [[*(p or ()), tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for p, x in zip(prompts, ids, strict=True)]
 
 
-def pack_reports(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], *, seq_len: int) -> torch.Tensor:
-    """Concatenate ``<s> report </s>`` for all ``texts`` and cut into rows: int64 ``(N, seq_len)``, tail dropped."""
-    flat = [t for ids in _encode(tokenizer, texts) for t in ids]
+def pack_reports(
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    *,
+    seq_len: int,
+    prompts: Sequence[Sequence[int] | None] | None = None,
+) -> torch.Tensor:
+    """Concatenate ``[prompt] <s> report </s>`` for all ``texts`` and cut into rows: int64 ``(N, seq_len)``, tail
+    dropped. ``prompts``: per text, token ids written before its ``<s>`` (e.g. the diagnosis prompt in words) or None."""
+    flat = [t for ids in _encode(tokenizer, texts, prompts) for t in ids]
     n = len(flat) // seq_len
     if n == 0:
         raise ValueError(f"corpus has {len(flat)} tokens, fewer than one sequence of `seq_len` = {seq_len}")
@@ -171,15 +183,17 @@ def warm_up_lm(
     learning_rate: float,
     seed: int,
     label_smoothing: float = 0.0,
+    prompts: Sequence[Sequence[int] | None] | None = None,
     progress: bool = True,
 ) -> list[float]:
-    """Language-model pretraining of ``model`` on ``texts`` (packed, see :func:`pack_reports`), in place.
+    """Language-model pretraining of ``model`` on ``texts`` (packed with their ``prompts``, see
+    :func:`pack_reports`), in place.
 
     AdamW (weight decay 0.01), 10 % linear warm-up then cosine decay, gradient norm clipped to 1, next-token
     cross-entropy with ``label_smoothing`` (0 = plain LM loss). Batches are drawn without replacement per epoch from a
     permutation seeded by ``seed``. Returns the training loss (nats/token, smoothed as trained) of every step.
     """
-    data = pack_reports(tokenizer, texts, seq_len=seq_len)
+    data = pack_reports(tokenizer, texts, seq_len=seq_len, prompts=prompts)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)

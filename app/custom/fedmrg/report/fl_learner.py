@@ -82,12 +82,19 @@ class FedMRGLearner:
         if not data_root:
             raise ConfigError(f"site {site_name!r}: no data root; set it in fedmrg_site.json or the job template")
         cfg = self._load_config()
+        if config.get("dp_sgd") is not None:  # a site switches DP-SGD on (or tunes it) in its own fedmrg_site.json
+            from fedmrg.privacy.dp_config import apply_site_dp_sgd
+
+            cfg.model = apply_site_dp_sgd(cfg.model, config["dp_sgd"], site=site_name)
         if config.get("device"):
             import dataclasses
 
             cfg.training = dataclasses.replace(cfg.training, device=str(config["device"]))
         self._site = site_name
         self._data = FederatedDataset.open(data_root)
+        if config.get("role") == "evaluate":  # an evaluation-only site (e.g. unseen): no training data, no trainer
+            self._model = self._build_model()
+            return
         m, t = cfg.model, cfg.training
         train = open_split(self._data, site=site_name, split="train", image_size=m.encoder.image_size,
                            views=m.uses_contrastive and t.augment, seed=t.seed, cache_images=t.cache_images)  # fmt: skip
@@ -122,7 +129,8 @@ class FedMRGLearner:
         )  # fmt: skip
         self._private = out.private_state
         payload = {BANK_KEY: out.bank_features.numpy()} if out.bank_features is not None else {}
-        return TrainOutcome(self._to_numpy(out.shared_state), out.num_samples, out.metrics, payload)
+        metrics = out.metrics if self._trainer.dp is None else self._trainer.dp.releasable(out.metrics)  # DP: no losses
+        return TrainOutcome(self._to_numpy(out.shared_state), out.num_samples, metrics, payload)
 
     def validate(self, global_state: dict[str, np.ndarray], *, personalized: bool, split: str) -> dict[str, float]:
         from torch.utils.data import Subset
@@ -165,6 +173,8 @@ class FedMRGLearner:
 
         if self._private:
             save_file({k: v.contiguous() for k, v in self._private.items()}, str(Path(directory) / PRIVATE_FILE))
+        if self._trainer is not None and self._trainer.dp is not None:  # the DP-SGD ledger travels with S2
+            self._trainer.dp.save(directory)
 
     def load_private(self, directory: str) -> None:
         from safetensors.torch import load_file
@@ -172,3 +182,5 @@ class FedMRGLearner:
         path = Path(directory) / PRIVATE_FILE
         if path.is_file():
             self._private = load_file(str(path))
+        if self._trainer is not None and self._trainer.dp is not None:
+            self._trainer.dp.load(directory)

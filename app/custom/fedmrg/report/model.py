@@ -40,11 +40,12 @@ from fedmrg.report.config import FedMRGConfig
 from fedmrg.report.contrastive import client_aware_contrastive_loss
 from fedmrg.report.decoder import LoadedDecoder, load_decoder
 from fedmrg.report.diagnosis import DiagnosisHead, diagnosis_loss
+from fedmrg.report.diagnosis_prompt import DiagnosisPrompt
 from fedmrg.report.encoder import VisualEncoder
 from fedmrg.report.losses import language_model_loss, target_positions
 from fedmrg.report.projector import VisualProjector
 from fedmrg.report.prompt_layout import DecoderInputs, layout_inputs, text_prompt_ids
-from fedmrg.report.state_tokens import StateTokenEmbedding, observation_name_embeddings
+from fedmrg.report.state_tokens import StateTokenEmbedding
 
 Phase = Literal["generic", "specialized"]
 Role = Literal[
@@ -140,11 +141,19 @@ class FedMRGModel(nn.Module):
         embedding = loaded.model.get_input_embeddings()
         self.projector = VisualProjector(self.encoder.out_dim, embedding.embedding_dim)
         self.diagnosis_head = DiagnosisHead(self.encoder.out_dim) if config.uses_prompts else None
+        # no tokenizer: a model built on the meta device to count parameters; it never builds a prompt
+        self.diagnosis_prompt = (
+            DiagnosisPrompt(loaded.tokenizer, loaded.state_token_ids)
+            if config.uses_prompts and loaded.tokenizer is not None
+            else None
+        )
         self.state_tokens = (
             StateTokenEmbedding(
                 loaded.state_token_ids,
                 embedding.weight,
-                None if loaded.tokenizer is None else observation_name_embeddings(loaded.tokenizer, embedding.weight),
+                None
+                if self.diagnosis_prompt is None
+                else self.diagnosis_prompt.state_word_embeddings(embedding.weight),
             )
             if config.uses_prompts
             else None
@@ -252,8 +261,11 @@ class FedMRGModel(nn.Module):
         return self.state_tokens(ids, embeds) if self.state_tokens is not None else embeds
 
     def _prompt_ids(self, states: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
-        state_ids = self.state_tokens.states_to_ids(states) if self.state_tokens is not None else None
-        return text_prompt_ids(batch_size, self.bos_token_id, state_ids, device)
+        if self.state_tokens is None:
+            return text_prompt_ids(batch_size, self.bos_token_id, None, device)
+        if self.diagnosis_prompt is None:
+            raise RuntimeError("this model was built without a tokenizer (meta device); it cannot build prompts")
+        return text_prompt_ids(batch_size, self.bos_token_id, self.diagnosis_prompt.ids(states), device)
 
     def _virtual(
         self, inputs: DecoderInputs, batch: int, num_beams: int = 1

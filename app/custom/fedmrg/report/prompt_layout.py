@@ -2,14 +2,15 @@
 
 For a batch of B studies with N visual tokens and a report of T tokens (EOS included, right-padded)::
 
-    position   0 .. N-1         N .. N+13             N+14    N+15 .. N+14+T
-    content    visual tokens    14 state tokens       BOS     report tokens ... EOS [pad ...]
+    position   0 .. N-1         N .. N+P-1            N+P     N+P+1 .. N+P+T
+    content    visual tokens    diagnosis prompt      BOS     report tokens ... EOS [pad ...]
     attention  1                1                     1       report attention_mask
     label      -100             -100                  -100    report ids (-100 on padding)
 
 Labels follow the HF convention (the logits at position p are scored against the label at p + 1), so the BOS
-position predicts the first report token and the prompt never enters the LM loss. Without diagnosis prompts
-(baselines, ``no_prompts``) the 14 state tokens are absent. PEFT prompt tuning puts its virtual tokens in front of
+position predicts the first report token and the prompt never enters the LM loss. The diagnosis prompt is the P
+tokens of :class:`fedmrg.report.diagnosis_prompt.DiagnosisPrompt` (14 observation names, each followed by its state
+token); without diagnosis prompts (baselines, ``no_prompts``) it is absent. PEFT prompt tuning puts its virtual tokens in front of
 position 0 and prefix tuning puts them in the key/value cache; both are added by the model, not here. Every prompt
 has the same length, so generation needs no left padding.
 """
@@ -42,11 +43,11 @@ class DecoderInputs:
 
 
 def text_prompt_ids(
-    batch_size: int, bos_token_id: int, state_ids: torch.Tensor | None, device: torch.device
+    batch_size: int, bos_token_id: int, diagnosis_ids: torch.Tensor | None, device: torch.device
 ) -> torch.Tensor:
-    """Token ids of the text prompt: ``[14 state tokens] [BOS]`` (B, 15), or ``[BOS]`` (B, 1) without states."""
+    """Token ids of the text prompt: ``[diagnosis prompt (B, P)] [BOS]`` (B, P + 1), or ``[BOS]`` (B, 1) without."""
     bos = torch.full((batch_size, 1), bos_token_id, dtype=torch.long, device=device)
-    return bos if state_ids is None else torch.cat([state_ids.to(device=device, dtype=torch.long), bos], dim=1)
+    return bos if diagnosis_ids is None else torch.cat([diagnosis_ids.to(device=device, dtype=torch.long), bos], dim=1)
 
 
 def layout_inputs(
