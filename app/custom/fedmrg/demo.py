@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--local-steps", type=int, help="optimizer steps per site and round (default: the job's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="another job override, as in `fedmrg job variant` (repeatable)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=3, help="simulator client processes in parallel, -t (default 3)")
+    p.add_argument("--threads", type=int, help="simulator client processes in parallel, -t (default: one per site)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the simulator is stopped")
     p.set_defaults(func=run)
 
@@ -56,11 +56,22 @@ def _default_job() -> Path:
     return job
 
 
-def _sites(job: Path) -> list[str]:
+def _sites(job: Path) -> tuple[list[str], list[str]]:
+    """(training sites, evaluation-only unseen sites) of the job's synthetic federation."""
     meta = json.loads((job / "meta.json").read_text())
     n = int(meta.get("min_clients", 3))
     spec = _learner_args(job).get("synthetic") or {}
-    return [f"site-{i}" for i in range(1, int(spec.get("sites", max(n, 3))) + 1)]
+    train = [f"site-{i}" for i in range(1, int(spec.get("sites", max(n, 3))) + 1)]
+    return train, [f"unseen-{i}" for i in range(1, int(spec.get("unseen_sites", 0)) + 1)]
+
+
+def write_site_roles(workspace: Path, unseen: list[str]) -> Path:
+    """``<workspace>/local/fedmrg_site.json`` making the unseen sites evaluation-only on their ``test`` split."""
+    path = workspace / "local" / "fedmrg_site.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sections = {site: {"role": "evaluate", "test_split": "test"} for site in unseen}
+    path.write_text(json.dumps({"sites": sections}, indent=2) + "\n")
+    return path
 
 
 def _learner_args(job: Path) -> dict[str, Any]:
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local_steps is not None:
         sets.append(f"learner.local_steps={args.local_steps}")
     job = write_variant(base, out / "job", sets, overwrite=True) if sets else base
-    sites = _sites(job)
+    sites, unseen = _sites(job)
 
     print("[1/3] built-in models and synthetic data (cached after the first run)", file=sys.stderr)
     _prefetch(job)
@@ -102,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
     ws = out / "workspace"
     shutil.rmtree(ws, ignore_errors=True)
     prepare_workspace(job, ws)
+    write_site_roles(ws, unseen)
     log = out / "simulator.log"
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", str(len(sites)),
-           "-t", str(args.threads)]  # fmt: skip
+    clients = [*sites, *unseen]
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-c", ",".join(clients),
+           "-t", str(args.threads or len(clients))]  # fmt: skip
     print(f"[2/3] {' '.join(cmd[2:])}  (log: {log})", file=sys.stderr)
     # one BLAS thread per client process: three processes on few cores oversubscribe otherwise
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -123,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"[3/3] done in {seconds:.0f} s\n", file=sys.stderr)
     summary = json.loads(summary_json.read_text())
-    print(format_rounds(summary))
+    print(format_rounds(summary, sites))
+    print("\n" + format_cross_site(summary, sites, unseen))
     print(
         f"\nsummary:      {summary_json}\n"
         f"              {summary_json.with_suffix('.md')}\n"
@@ -139,15 +153,20 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _final_global(summary: dict[str, Any]) -> dict[str, float]:
-    """Mean over sites of the cross-site metrics of the final global model (with each site's specialized adapter)."""
-    rows = [by_model.get("SRV_FL_global_model") for by_model in (summary.get("cross_site") or {}).values()]
+GLOBAL_MODEL = "SRV_FL_global_model"
+
+
+def _final_global(summary: dict[str, Any], sites: list[str]) -> dict[str, float]:
+    """Mean over ``sites`` of the cross-site metrics of the final global model (generic-only keys and
+    ``personalized_*`` keys: with each site's specialized adapter)."""
+    cross = summary.get("cross_site") or {}
+    rows = [cross.get(site, {}).get(GLOBAL_MODEL) for site in sites]
     rows = [r for r in rows if r]
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if r.get(k) is not None) / len(rows) for k in keys} if rows else {}
 
 
-def format_rounds(summary: dict[str, Any]) -> str:
+def format_rounds(summary: dict[str, Any], sites: list[str]) -> str:
     """Markdown table: per round the validation means of the model the sites received, bytes and seconds."""
     lines = [
         "| round | val BLEU-4 | val ROUGE-L | val CE-F1 | MB up | MB down | seconds |",
@@ -159,11 +178,11 @@ def format_rounds(summary: dict[str, Any]) -> str:
             f"| {r['round']} | {_fmt(v.get('bleu4'))} | {_fmt(v.get('rouge_l'))} | {_fmt(v.get('ce_f1'))} "
             f"| {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} | {_fmt(r.get('seconds'), '.1f')} |"
         )
-    final = _final_global(summary)
+    final = _final_global(summary, sites)
     if final:
         lines.append(
-            f"| final model (cross-site) | {_fmt(final.get('bleu4'))} | {_fmt(final.get('rouge_l'))} "
-            f"| {_fmt(final.get('ce_f1'))} | | | |"
+            f"| final model (cross-site) | {_fmt(final.get('personalized_bleu4'))} "
+            f"| {_fmt(final.get('personalized_rouge_l'))} | {_fmt(final.get('personalized_ce_f1'))} | | | |"
         )
     best = summary.get("best") or {}
     note = (
@@ -173,3 +192,21 @@ def format_rounds(summary: dict[str, Any]) -> str:
     if best:
         note += f"; best model: round {best.get('model_of_round')} by {best.get('key_metric')}"
     return "\n".join(lines) + f"\n\n{note}"
+
+
+def format_cross_site(summary: dict[str, Any], sites: list[str], unseen: list[str]) -> str:
+    """Markdown table: the final global model at every site, generic adapter only vs personalized (alpha-mix with
+    the site's own specialized adapter); unseen sites have no specialized adapter, so generic only."""
+    cross = summary.get("cross_site") or {}
+    lines = [
+        "| site | generic BLEU-4 | personalized BLEU-4 | generic CE-F1 | personalized CE-F1 | studies |",
+        "|---|---|---|---|---|---|",
+    ]
+    for site in [*sites, *unseen]:
+        m = cross.get(site, {}).get(GLOBAL_MODEL) or {}
+        kind = " (unseen)" if site in unseen else ""
+        lines.append(
+            f"| {site}{kind} | {_fmt(m.get('bleu4'))} | {_fmt(m.get('personalized_bleu4'))} "
+            f"| {_fmt(m.get('ce_f1'))} | {_fmt(m.get('personalized_ce_f1'))} | {_fmt(m.get('n'), '.0f')} |"
+        )
+    return "final global model, cross-site evaluation:\n" + "\n".join(lines)

@@ -17,7 +17,8 @@ Tasks:
 
 A site whose ``fedmrg_site.json`` says ``"role": "evaluate"`` (see :mod:`fedmrg.fl.site_config`) declines ``train``
 with ``TASK_UNSUPPORTED`` (ScatterAndGather carries on with the other sites while ``min_clients`` allows) and takes
-part in cross-site evaluation only: the benchmark's unseen site.
+part in cross-site evaluation only: the benchmark's unseen site. A site's ``test_split`` in ``fedmrg_site.json``
+replaces the job's (an unseen site of a prepared dataset has only ``test``).
 
 The private state is saved in ``private_dir`` after every round and loaded at START_RUN, so it survives rounds,
 client-process restarts (the simulator recreates processes when ``-t`` < ``-n``) and, with a ``private_dir``
@@ -145,6 +146,7 @@ class SharedStateExecutor(Executor):
         self._keys: list[str] = []
         self._site = "?"
         self._role = "train"
+        self._test_split = test_split
         self._private_root: Path | None = None
         self._setup_error = ""
 
@@ -162,7 +164,9 @@ class SharedStateExecutor(Executor):
             app_dir = Path(workspace.get_app_dir(job_id))
             app_dir.mkdir(parents=True, exist_ok=True)
             site_cfg = load_site_config(workspace.get_site_config_dir(), self._site)
-            self._role = site_cfg.pop("role", "train")
+            # the learner sees the role too: an evaluation-only site skips its training setup
+            self._role = site_cfg.get("role", "train")
+            self._test_split = site_cfg.pop("test_split", self.test_split)
             data_root, source = resolve_data_root(
                 self.data_root_template, self._site, site_config=site_cfg, environ=os.environ, base_dir=root
             )
@@ -324,14 +328,14 @@ class SharedStateExecutor(Executor):
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
         state, _ = self._received_state(shareable, f"{where}, model of {owner}")
         metrics = _check_metrics(
-            self.learner.validate(state, personalized=False, split=self.test_split), f"validate() ({where})"
+            self.learner.validate(state, personalized=False, split=self._test_split), f"validate() ({where})"
         )
         if self.personalized and self._has_trained():
             personalized = _check_metrics(
-                self.learner.validate(state, personalized=True, split=self.test_split), f"validate() ({where})"
+                self.learner.validate(state, personalized=True, split=self._test_split), f"validate() ({where})"
             )
             metrics |= {f"{PERSONALIZED_PREFIX}{k}": v for k, v in personalized.items()}
-        self.log_info(fl_ctx, f"{where}: model of {owner} on {self.test_split}: {_fmt(metrics)}")
+        self.log_info(fl_ctx, f"{where}: model of {owner} on {self._test_split}: {_fmt(metrics)}")
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
 
     def _submit_model(self, fl_ctx: FLContext, where: str) -> Shareable:

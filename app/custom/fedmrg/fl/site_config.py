@@ -18,6 +18,12 @@ learner's ``setup`` as site-local runtime settings and never leave the site. Two
 
 - ``role``: ``"train"`` (default) or ``"evaluate"``: an evaluation-only site (e.g. a hospital that has not joined
   training, the benchmark's *unseen* site) declines ``train`` tasks and only takes part in cross-site evaluation;
+- ``test_split``: the split the cross-site ``validate`` task evaluates at this site, instead of the job's;
+- ``model_paths``: ``{"decoder.path": "/models/llama2", ...}``, this participant's model directories (dotted keys of
+  the run configuration; applied by learners with an ``apply_site_config`` method, e.g.
+  :class:`~fedmrg.report.fl_job_learner.JobFedMRGLearner`, also on the server by
+  :class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`). Every participant must hold the same
+  architecture (the same model files): a different one is refused when the global model arrives;
 - ``sites``: ``{site name: {key: value}}``, settings for one site that win over the top-level ones. The simulator
   copies one ``local/`` folder to every simulated site, so this is how a simulated site gets settings of its own.
 """
