@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+#: the training metric plotted, the first one present (a learner's main loss: the toy's, FedMRG's LM loss of the G step)
+PLOT_TRAIN_KEYS = ("loss", "g/lm")
+#: validation values that are counts, not scores (left out of the score plot)
+COUNT_KEYS = ("n",)
+
 
 def _fmt(v: Any) -> str:
     if v is None:
@@ -117,7 +122,7 @@ def render_png(summary: dict[str, Any], path: str | Path) -> None:
 
     ax = axes[0, 0]
     train_keys = sorted({k for r in rounds for k in r.get("train", {})})
-    key = "loss" if "loss" in train_keys else (train_keys[0] if train_keys else None)
+    key = next((k for k in PLOT_TRAIN_KEYS if k in train_keys), train_keys[0] if train_keys else None)
     if key:
         sites = sorted({s for r in rounds for s in r.get("sites", {})})
         for s in sites:
@@ -132,7 +137,7 @@ def render_png(summary: dict[str, Any], path: str | Path) -> None:
     ax.set(title=f"train {key or '(no metrics)'}", xlabel="round")
 
     ax = axes[0, 1]
-    for k in sorted({k for r in rounds for k in r.get("val", {})}):
+    for k in sorted({k for r in rounds for k in r.get("val", {})} - set(COUNT_KEYS)):
         pts = [(r["round"], r["val"].get(k)) for r in rounds if r.get("val", {}).get(k) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=k)
