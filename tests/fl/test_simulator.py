@@ -69,11 +69,25 @@ def _make_job(
     return job
 
 
-def _simulate(job: Path, ws: Path, *, threads: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+def _simulate(
+    job: Path, ws: Path, *, threads: int = 2, timeout: int = 240, sites: int = 2, env: dict | None = None
+) -> subprocess.CompletedProcess:
     (ws / "local").mkdir(parents=True, exist_ok=True)
     (ws / "local" / "resources.json").write_text(json.dumps({"class_allow_list": ALLOW}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "2", "-t", str(threads)]
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [
+        sys.executable,
+        "-m",
+        "nvflare.cli",
+        "simulator",
+        str(job),
+        "-w",
+        str(ws),
+        "-n",
+        str(sites),
+        "-t",
+        str(threads),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -179,3 +193,36 @@ def test_simulator_resume_after_a_crash(tmp_path):
         assert [e["round"] for e in trains] == [1, 2] and trains[-1]["rounds_trained"] == 3
     summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_failing_sites_are_named_in_the_server_log_and_the_rounds_go_on(tmp_path):
+    """3 sites, min_clients 1: site-3's data folder is missing (every task fails), site-2 returns NaN in round 1."""
+    toy = TOY_ARGS | {"nan_sites": ["site-2"], "nan_round": 1, "require_data_root": True}
+    job = _make_job(tmp_path, num_rounds=3, toy_args=toy, cross_site=False)
+
+    def min_one(cfg):  # a round may close with one result, but waits for every site that answers
+        cfg["workflows"][0]["args"] |= {"min_clients": 1, "wait_time_after_min_received": 8}
+
+    _edit(job / "app" / "config" / "config_fed_server.json", min_one)
+    for site in ("site-1", "site-2"):
+        (tmp_path / "data" / site).mkdir(parents=True)
+    env = {"FEDMRG_DATA_ROOT": str(tmp_path / "data" / "{site}")}  # site-3's folder does not exist
+    ws = tmp_path / "ws"
+    proc = _simulate(job, ws, sites=3, threads=3, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    log = _server_log(ws)
+    assert "site site-3: task 'train' failed with EXECUTION_EXCEPTION" in log and "does not exist" in log
+    assert "site site-2: task 'train' failed with EXECUTION_RESULT_ERROR" in log and "non-finite" in log
+    summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
+    aggregated = {r["round"]: sorted(s for s, v in r["sites"].items() if v.get("accepted")) for r in summary["rounds"]}
+    assert aggregated == {
+        0: ["site-1", "site-2"],
+        1: ["site-1"],  # the NaN update never reached the aggregator
+        2: ["site-1", "site-2"],
+    }
+    errors = {(e["round"], e["site"]) for e in summary["errors"]}
+    assert {(0, "site-3"), (1, "site-3"), (2, "site-3"), (1, "site-2")} <= errors
+    final, meta = load_state(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.safetensors")
+    assert meta["round"] == "2" and all(np.isfinite(v).all() for v in final.values())

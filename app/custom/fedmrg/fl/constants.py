@@ -19,6 +19,14 @@ class FedMetaKey:
     ROUND = "fedmrg.round"
 
 
+class FedHeaderKey:
+    """Shareable headers set by our components."""
+
+    #: site -> server, on a reply with an error return code: ``str`` what went wrong (logged by the server's
+    #: :class:`~fedmrg.fl.run_summary.RunSummary`, so the server log says why a site's result is missing).
+    ERROR = "fedmrg.error"
+
+
 class FedEventType:
     """Local (server-side) events fired by our components."""
 

@@ -12,7 +12,9 @@ It listens to the events of ScatterAndGather, CrossSiteModelEval, IntimeModelSel
 and per round the means over accepted sites weighted by ``num_samples``, the totals of bytes, and the round's wall
 time in seconds (``ROUND_STARTED`` to ``ROUND_DONE``, aggregation and persistence included). At the end it adds the
 best round (IntimeModelSelector), the cross-site evaluation table (``cross_site[data_site][model] = metrics``) and
-the bytes of the cross-site tasks.
+the bytes of the cross-site tasks. Every result that comes back with an error return code (a site whose data is
+missing, whose training raised, whose update was not finite, that refused for its privacy budget, ...) is logged as
+an error naming the site, the task and the site's message, and kept in ``errors``.
 
 Files: ``<server app folder>/<output_dir>/summary.{json,md,png}`` (in the simulator
 ``<workspace>/server/simulate_job/app_server/summary/``); ``summary.json`` is rewritten after every round, all three
@@ -32,9 +34,9 @@ from typing import Any
 
 from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -42,7 +44,7 @@ from nvflare.security.logging import secure_format_exception
 from nvflare.widgets.widget import Widget
 
 from fedmrg.fl.checks import check_str
-from fedmrg.fl.constants import FedContextKey, FedEventType, FedMetaKey
+from fedmrg.fl.constants import FedContextKey, FedEventType, FedHeaderKey, FedMetaKey
 from fedmrg.fl.learner import state_nbytes
 
 SUMMARY_VERSION = 1
@@ -122,8 +124,26 @@ class RunSummary(Widget):
                 self.record_cross_site(
                     fl_ctx.get_prop(AppConstants.DATA_CLIENT), fl_ctx.get_prop(AppConstants.MODEL_OWNER), result
                 )
+        elif event_type == EventType.AFTER_TASK_RESULT_FILTER:
+            result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+            if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+                self._record_error(fl_ctx, result)
         elif event_type == EventType.END_RUN:
             self.write(fl_ctx)
+
+    def _record_error(self, fl_ctx: FLContext, result: Shareable) -> None:
+        """Log, naming the site, a result that came back with an error code, and keep it in ``summary["errors"]``."""
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name() if peer is not None else "?"
+        task = result.get_header(ReservedHeaderKey.TASK_NAME, "?")
+        rc = result.get_return_code()
+        message = result.get_header(FedHeaderKey.ERROR, "") or "(no message from the site)"
+        r = result.get_header(AppConstants.CURRENT_ROUND)
+        with self._lock:
+            if r is None and self._t0:  # the executor sets the round on train results; else the last started one
+                r = max(self._t0)
+            self.summary["errors"].append({"round": r, "site": site, "task": task, "rc": rc, "message": message})
+        self.log_error(fl_ctx, f"site {site}: task {task!r} failed with {rc}: {message}")
 
     def _start(self, fl_ctx: FLContext) -> None:
         workspace = fl_ctx.get_engine().get_workspace()
@@ -277,6 +297,7 @@ def _empty_summary() -> dict[str, Any]:
         "best": None,
         "cross_site": {},
         "other_task_bytes": {},
+        "errors": [],
         "totals": {},
     }
 

@@ -51,7 +51,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.security.logging import secure_format_exception
 
 from fedmrg.fl.checks import check_bool, check_dict, check_dotted_path, check_str
-from fedmrg.fl.constants import FedMetaKey
+from fedmrg.fl.constants import FedHeaderKey, FedMetaKey
 from fedmrg.fl.learner import SharedStateLearner, State, TrainOutcome, build_learner, check_state
 from fedmrg.fl.site_config import load_site_config, resolve_data_root
 from fedmrg.fl.state_files import load_state, replace_dir, save_state
@@ -210,8 +210,9 @@ class SharedStateExecutor(Executor):
         round_num = shareable.get_header(AppConstants.CURRENT_ROUND)
         where = f"site {self._site}, task {task_name!r}" + (f", round {round_num}" if round_num is not None else "")
         if self._setup_error or self.learner is None:
-            self.log_error(fl_ctx, f"{where}: cannot run: {self._setup_error or 'learner not set up (no START_RUN)'}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            message = f"{where}: cannot run: {self._setup_error or 'learner not set up (no START_RUN)'}"
+            self.log_error(fl_ctx, message)
+            return _error_reply(ReturnCode.EXECUTION_EXCEPTION, message)
         try:
             if task_name == self.train_task and self._role == "evaluate":
                 self.log_info(fl_ctx, f"{where}: evaluation-only site (role 'evaluate'): train declined")
@@ -226,13 +227,14 @@ class SharedStateExecutor(Executor):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except _TaskError as e:
             self.log_error(fl_ctx, f"{where}: {e}")
-            return make_reply(e.rc)
+            return _error_reply(e.rc, f"{where}: {e}")
         except PrivacyBudgetExhausted as e:  # the site refuses; ScatterAndGather goes on while min_clients remain
             self.log_error(fl_ctx, f"{where}: refused: {e}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            return _error_reply(ReturnCode.EXECUTION_EXCEPTION, f"{where}: refused: {e}")
         except Exception as e:
-            self.log_exception(fl_ctx, f"{where}: learner failed: {secure_format_exception(e)}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            message = f"{where}: learner failed: {secure_format_exception(e)}"
+            self.log_exception(fl_ctx, message)
+            return _error_reply(ReturnCode.EXECUTION_EXCEPTION, message)
 
     def _received_state(self, shareable: Shareable, where: str) -> tuple[State, DXO]:
         try:
@@ -347,6 +349,14 @@ class SharedStateExecutor(Executor):
         state = check_state(state, self._keys, what=f"local model {path}")
         self.log_info(fl_ctx, f"{where}: submitting local model of round {meta.get('round', '?')}")
         return DXO(data_kind=DataKind.WEIGHTS, data=state).to_shareable()
+
+
+def _error_reply(rc: str, message: str) -> Shareable:
+    """A reply with return code ``rc`` that tells the server why (header :attr:`FedHeaderKey.ERROR`, at most 1,000
+    characters: the exception's message, never data)."""
+    reply = make_reply(rc)
+    reply.set_header(FedHeaderKey.ERROR, message[:1000])
+    return reply
 
 
 def _check_metrics(metrics: Any, what: str) -> dict[str, float]:

@@ -97,6 +97,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
     else:
         out.append("No cross-site evaluation in this run.")
 
+    errors = summary.get("errors") or []
+    if errors:
+        out += ["", "## Failed results", "", "Results that came back with an error code (not aggregated).", ""]
+        rows = [[e.get("round"), e.get("site"), e.get("task"), e.get("rc"), e.get("message")] for e in errors]
+        out += _table(["round", "site", "task", "return code", "message"], rows)
+
     totals = summary.get("totals", {})
     out += [
         "",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import State, TrainOutcome
 from fedmrg.fl.state_files import load_state, save_state
 
@@ -45,6 +46,10 @@ class ToyLearner:
         seed: seed of the model initialisation and of every site's data.
         fail_sites: sites whose ``train`` raises in round ``fail_round`` (fault injection for tests).
         fail_round: the round in which ``fail_sites`` fail; -1 never.
+        nan_sites: sites whose ``train`` returns a NaN shared state in round ``nan_round`` (fault injection).
+        nan_round: the round in which ``nan_sites`` return NaN; -1 never.
+        require_data_root: ``setup`` raises ConfigError when the site's data root is not an existing folder (as a
+            real learner does).
     """
 
     def __init__(
@@ -59,6 +64,9 @@ class ToyLearner:
         seed: int = 0,
         fail_sites: list[str] | None = None,
         fail_round: int = -1,
+        nan_sites: list[str] | None = None,
+        nan_round: int = -1,
+        require_data_root: bool = False,
     ) -> None:
         for name, value in (("in_features", in_features), ("hidden", hidden), ("num_train", num_train)):
             if not isinstance(value, int) or value < 1:
@@ -75,6 +83,9 @@ class ToyLearner:
         self.seed = seed
         self.fail_sites = fail_sites
         self.fail_round = fail_round
+        self.nan_sites = nan_sites
+        self.nan_round = nan_round
+        self.require_data_root = require_data_root
         self.site_name = ""
         self.rounds_trained = 0
         self._events: Path | None = None
@@ -106,6 +117,9 @@ class ToyLearner:
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def setup(self, site_name: str, workspace_dir: str, config: dict[str, Any]) -> None:
+        root = config.get("data_root") or ""
+        if self.require_data_root and not Path(root).is_dir():
+            raise ConfigError(f"site {site_name!r}: data root {root or '(none)'} does not exist")
         self.site_name = site_name
         self.shared, self.head = self._build()
         self.generic_head = torch.nn.Linear(self.hidden, 1)
@@ -149,8 +163,11 @@ class ToyLearner:
             bank = {"bank": feats.numpy().astype(np.float32)}
         peers = {key: sorted(by_site) for key, by_site in extra.items()}
         self._log("train", round=round_num, peer_sites=peers, rounds_trained=self.rounds_trained)
+        state = self._shared_state()
+        if self.nan_sites and self.site_name in self.nan_sites and round_num == self.nan_round:
+            state = {k: np.full_like(v, np.nan) for k, v in state.items()}
         return TrainOutcome(
-            shared_state=self._shared_state(),
+            shared_state=state,
             num_samples=int(x.shape[0]),
             metrics={"loss": float(np.mean(losses)), "final_loss": losses[-1]},
             extra=bank,
