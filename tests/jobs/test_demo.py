@@ -9,13 +9,9 @@ import sys
 
 import pytest
 
-TINY = {
-    "encoder": {"path": "builtin-tiny", "image_size": 32},
-    "decoder": {"path": "builtin-tiny"},
-    "generation": {"max_new_tokens": 8},
-    "memory_bank": {"per_site_capacity": 8, "negatives_per_step": 4, "upload_per_round": 4},
-    "training": {"batch_size": 2, "eval_batch_size": 4, "warmup_steps": 0},
-}
+from fedmrg.job import TINY_MODEL_OVERRIDES
+
+TINY = TINY_MODEL_OVERRIDES
 SYNTHETIC = {"num_studies": 48, "sites": 2, "unseen_sites": 1, "image_size": 32, "seed": 0}
 
 

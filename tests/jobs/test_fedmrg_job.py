@@ -18,19 +18,13 @@ import numpy as np
 import pytest
 
 from fedmrg.fl.state_files import load_state
-from fedmrg.job import prepare_workspace, write_variant
+from fedmrg.job import TINY_MODEL_OVERRIDES, prepare_workspace, write_variant
 from fedmrg.paths import REPO_ROOT
 
 SITES = ["site-1", "site-2"]
 PLUGINS = Path(REPO_ROOT) / "tests" / "fl" / "sim_plugins"
 RECORDER = "wire_recorder.WireRecorder"
-TINY = {
-    "encoder": {"path": "builtin-tiny", "image_size": 32},
-    "decoder": {"path": "builtin-tiny"},
-    "generation": {"max_new_tokens": 8},
-    "memory_bank": {"per_site_capacity": 8, "negatives_per_step": 4, "upload_per_round": 4},
-    "training": {"batch_size": 2, "eval_batch_size": 4, "warmup_steps": 0},
-}
+TINY = TINY_MODEL_OVERRIDES
 SYNTHETIC = {"num_studies": 40, "sites": 2, "unseen_sites": 0, "image_size": 32, "seed": 0}
 
 

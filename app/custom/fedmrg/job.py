@@ -42,6 +42,15 @@ CLIENT_CONFIG = Path("app/config/config_fed_client.json")
 OWN_PREFIX = "fedmrg."
 #: learner arguments the server's persistor needs too (it builds the initial model from them)
 SERVER_LEARNER_ARGS = ("config", "overrides")
+#: ``learner.overrides`` for a smoke run in seconds: the tiny built-in models (a few thousand parameters), 32 px
+#: images, 8 generated tokens, tiny memory bank and batches (tests, POC drills); ``--set learner.overrides=<JSON>``
+TINY_MODEL_OVERRIDES: dict[str, Any] = {
+    "encoder": {"path": "builtin-tiny", "image_size": 32},
+    "decoder": {"path": "builtin-tiny"},
+    "generation": {"max_new_tokens": 8},
+    "memory_bank": {"per_site_capacity": 8, "negatives_per_step": 4, "upload_per_round": 4},
+    "training": {"batch_size": 2, "eval_batch_size": 4, "warmup_steps": 0},
+}
 
 
 def _read(path: Path) -> dict[str, Any]:
