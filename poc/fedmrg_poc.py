@@ -227,11 +227,35 @@ def place_demo_data(workspace: Path, *, num_studies: int, image_size: int, seed:
 
 
 def start(workspace: Path, *, timeout: int, exclude: list[str] = ()) -> None:
-    """``nvflare poc start``: the server and the hospitals (not ``exclude``), waiting until they are connected."""
-    args = ["poc", "start", "--timeout", str(timeout)]
+    """``nvflare poc start``: the server and the hospitals (not ``exclude``), waiting until they are connected.
+
+    Started with ``--no-wait``; the wait is :func:`wait_connected` (FLARE 2.9's own readiness wait, ``--timeout``, was
+    seen to hang past its timeout on a loaded machine although every site had connected).
+    """
+    args = ["poc", "start", "--no-wait"]
     for name in exclude:
         args += ["-ex", name]
     _run(_nvflare(*args), poc_env(workspace))
+    wait_connected(workspace, [h for h in participants(workspace, "client") if h not in exclude], timeout=timeout)
+
+
+def wait_connected(workspace: Path, hospitals: list[str], *, timeout: float, poll: float = 2.0) -> None:
+    """Wait until ``hospitals`` are connected to the server (asked as the project admin); SystemExit after ``timeout``."""
+    admin = participants(workspace, "admin", "project_admin")[0]
+    t0, seen = time.monotonic(), set()
+    while not set(hospitals) <= seen:
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"after {timeout:.0f} s connected: {sorted(seen) or 'none'}; expected {sorted(hospitals)}")
+        time.sleep(poll)
+        try:
+            sess = session(workspace, admin, timeout=10)
+        except Exception:  # the server is still starting
+            continue
+        try:
+            seen = {c.name for c in sess.get_connected_client_list()}
+        finally:
+            sess.close()
+    print(f"connected after {time.monotonic() - t0:.0f} s: {', '.join(sorted(seen))}", file=sys.stderr, flush=True)
 
 
 def stop(workspace: Path) -> None:

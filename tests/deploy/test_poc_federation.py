@@ -1,16 +1,20 @@
 """End to end over real gRPC with mutual TLS: a POC federation of provisioning/project.yml (server + 3 hospitals).
 
 One federation serves the module (starting it takes ~40 s on 2 cores); the jobs are a tiny variant of jobs/fedmrg
-(built-in tiny models, 32-pixel images) so the module stays within ~4 min. Each hospital reads its own data through
-its ``local/fedmrg_site.json``; the job names no data path. `nvflare` keeps a registry in ``~/.nvflare``, so HOME is a
-temp folder; the server port is a free one, so parallel runs do not clash.
+(built-in tiny models, 32-pixel images) and the waits for a lost hospital are short (seconds instead of the job's
+10 s per round and 600 s in cross-site evaluation), so the module stays within ~4 min. The two impostor clients
+run side by side. Each hospital reads its own data through its ``local/fedmrg_site.json``; the job names no data
+path. `nvflare` keeps a registry in ``~/.nvflare``, so HOME is a temp folder; the server port is a free one, so
+parallel runs do not clash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +25,7 @@ import pytest
 import yaml
 
 from fedmrg.fl.state_files import load_state
+from fedmrg.job import TINY_MODEL_OVERRIDES
 from fedmrg.paths import REPO_ROOT
 
 from .conftest import PROJECT, free_port, load_poc
@@ -29,13 +34,7 @@ pytestmark = pytest.mark.slow
 
 JOB = Path(REPO_ROOT) / "jobs" / "fedmrg"
 HOSPITALS = ["hospital-a", "hospital-b", "hospital-c"]
-TINY = {
-    "encoder": {"path": "builtin-tiny", "image_size": 32},
-    "decoder": {"path": "builtin-tiny"},
-    "generation": {"max_new_tokens": 8},
-    "memory_bank": {"per_site_capacity": 8, "negatives_per_step": 4, "upload_per_round": 4},
-    "training": {"batch_size": 2, "eval_batch_size": 4, "warmup_steps": 0},
-}
+TINY = TINY_MODEL_OVERRIDES
 TINY_SETS = [f"learner.overrides={json.dumps(TINY)}", "learner.validate_max_studies=2", "learner.synthetic=null"]
 
 
@@ -53,16 +52,22 @@ def federation(tmp_path_factory):
         mp.setenv("HOME", str(tmp))
         mp.setenv("FEDMRG_CACHE", str(tmp / "cache"))  # the tiny models are built here by the server and sites
         # after its app ends, the server waits this long for a dead hospital's outcome (FLARE's default: 900 s)
-        mp.setenv("NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT", "20")
+        mp.setenv("NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT", "10")
         poc.prepare(ws, PROJECT, port=free_port(), hospitals=None, keep_gpus=False)
         poc.place_demo_data(ws, num_studies=60, image_size=32, seed=0, torch_threads=1)
         try:
             poc.start(ws, timeout=240)
             yield poc, ws
         finally:
-            poc.stop(ws)
-            for pid in _pids(str(ws)):  # anything of this workspace `poc stop` could not reach
-                os.kill(pid, signal.SIGKILL)
+            # `poc stop` waits up to 30 s per service for a clean shutdown (the server's lingers after the killed
+            # hospital's job): ask without waiting, give them 10 s, then kill what is left of this workspace
+            poc._run(poc._nvflare("poc", "stop", "--no-wait"), poc.poc_env(ws), check=False)
+            deadline = time.monotonic() + 10
+            while _pids(str(ws)) and time.monotonic() < deadline:
+                time.sleep(1)
+            for pid in _pids(str(ws)):
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _variant(poc, ws: Path, name: str, sets: list[str]) -> Path:
@@ -127,40 +132,47 @@ def test_client_with_a_certificate_of_another_root_ca_cannot_join(federation, tm
     assert (kit / "startup" / "rootCA.pem").read_bytes() != ours_ca
 
     # 1) as provisioned: the impostor does not trust our server; 2) trusting our root CA, its own certificate is
-    # still signed by its root CA, which our server does not trust: in neither case does it join
-    for phase in ("own-ca", "our-ca"):
-        if phase == "our-ca":
-            (kit / "startup" / "rootCA.pem").write_bytes(ours_ca)
-        log = _run_client_briefly(kit, "hospital-x", "hospital_c", env, tmp_path / f"{phase}.log")
-        sess = poc.session(ws, admin="admin@coordinator.org")
-        try:
-            connected = {c.name for c in sess.get_connected_client_list()}
-        finally:
-            sess.close()
-        assert "hospital-x" not in connected and {"hospital-a", "hospital-b"} <= connected, phase
+    # still signed by its root CA, which our server does not trust: in neither case does it join. Both run at once.
+    kits = {"own-ca": kit, "our-ca": tmp_path / "our-ca" / "hospital-x"}
+    shutil.copytree(kit, kits["our-ca"])
+    (kits["our-ca"] / "startup" / "rootCA.pem").write_bytes(ours_ca)
+    logs = _run_clients_briefly(kits, "hospital-x", "hospital_c", env, tmp_path)
+    sess = poc.session(ws, admin="admin@coordinator.org")
+    try:
+        connected = {c.name for c in sess.get_connected_client_list()}
+    finally:
+        sess.close()
+    assert "hospital-x" not in connected and {"hospital-a", "hospital-b"} <= connected
+    for phase, log in logs.items():
         print(f"\n{phase}: impostor's last log lines:\n{''.join(log.splitlines(keepends=True)[-3:])}")
-        if phase == "own-ca":
-            assert "CERTIFICATE_VERIFY_FAILED" in log
+    assert "CERTIFICATE_VERIFY_FAILED" in logs["own-ca"]  # it does not trust our server's certificate
 
 
-def _run_client_briefly(kit: Path, name: str, org: str, env: dict, log: Path, seconds: float = 25) -> str:
-    """Run a client of ``kit`` for ``seconds`` (the command FLARE's ``sub_start.sh`` runs); return its output."""
-    cmd = [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", str(kit), "-s",
-           "fed_client.json", "--set", "secure_train=true", f"uid={name}", f"org={org}", "config_folder=config"]  # fmt: skip
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+def _run_clients_briefly(kits: dict[str, Path], name: str, org: str, env: dict, logs: Path, seconds: float = 25):
+    """Run a client of each kit side by side for ``seconds`` (the command FLARE's ``sub_start.sh`` runs); return
+    each one's output by key of ``kits``."""
+    procs = {}
+    for phase, kit in kits.items():
+        cmd = [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", str(kit), "-s",
+               "fed_client.json", "--set", "secure_train=true", f"uid={name}", f"org={org}", "config_folder=config"]  # fmt: skip
+        with (logs / f"{phase}.log").open("w") as f:
+            procs[phase] = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         time.sleep(seconds)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return log.read_text(errors="replace")
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {phase: (logs / f"{phase}.log").read_text(errors="replace") for phase in kits}
 
 
 def test_site_killed_mid_round_the_job_completes_with_the_others(federation):
     poc, ws = federation
-    sets = ["rounds=4", "learner.local_steps=8", "min_clients=2",
-            "server.cross_site_validate.submit_model_timeout=20", "server.cross_site_validate.validation_timeout=30"]  # fmt: skip
+    # after the kill each round waits 2 s (not the job's 10 s) for hospital-c, cross-site evaluation 10 s + 10 s
+    sets = ["rounds=4", "learner.local_steps=6", "min_clients=2",
+            "server.scatter_and_gather.wait_time_after_min_received=2",
+            "server.cross_site_validate.submit_model_timeout=10",
+            "server.cross_site_validate.validation_timeout=10"]  # fmt: skip
     job = _variant(poc, ws, "fedmrg-kill", sets)
     job_id = poc.submit_cli(ws, job)  # `nvflare job submit`, as the lead
     server_log = poc.prod_dir(ws) / "fedmrg-server" / job_id / "log.txt"

@@ -16,7 +16,10 @@ Life cycle at a site (all calls from one thread, in this order)::
     cross-site: learner.validate(model_state, personalized=True, split="test")
 
 On the server only ``LearnerClass(**learner_args).initial_shared_state()`` is called (no ``setup``), so that method
-must build the model from the constructor arguments alone, deterministically from their seed.
+must build the model from the constructor arguments alone, deterministically from their seed. Optional hook: a
+learner with ``apply_site_config(config: dict)`` gets the participant's own ``fedmrg_site.json`` before its model is
+built (the server's from :class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`; at a site the learner calls
+it from ``setup``), e.g. for local model directories (``model_paths``).
 
 State dictionaries map the shared-key names (:meth:`SharedStateLearner.shared_keys`, e.g. FedMRG's ``encoder.*`` and
 ``adapter.*``) to numpy ``float32`` arrays on the CPU. A learner's ``shared_keys()`` must equal the keys of its

@@ -7,7 +7,9 @@ site's WEIGHT_DIFF adds key for key. It comes from, in this order:
    round after the saved one; :class:`~fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather` reads
    :meth:`SharedStatePersistor.get_resume_round`);
 2. ``initial_state_file`` (a safetensors file of the shared state);
-3. ``learner_path(**learner_args).initial_shared_state()`` (the learner is constructed, never set up).
+3. ``learner_path(**learner_args).initial_shared_state()`` (the learner is constructed, never set up). A learner
+   with a method ``apply_site_config(config)`` first gets the server's own ``local/fedmrg_site.json``
+   (:func:`~fedmrg.fl.site_config.load_site_config`), e.g. its ``model_paths``: the server's model directories.
 
 Files (safetensors, metadata ``round`` = the round that produced the model), in ``state_dir``:
 ``FL_global_model.safetensors`` after every persisted round and ``best_FL_global_model.safetensors`` when
@@ -31,6 +33,7 @@ from nvflare.security.logging import secure_format_exception
 
 from fedmrg.fl.checks import check_bool, check_dict, check_dotted_path, check_str
 from fedmrg.fl.learner import State, build_learner, check_state, state_nbytes
+from fedmrg.fl.site_config import load_site_config
 from fedmrg.fl.state_files import load_state, save_state
 
 
@@ -154,9 +157,18 @@ class SharedStatePersistor(ModelPersistor):
             state, _ = load_state(path)
             return check_state(state, None, what=f"initial state file {path}"), str(path)
         learner = build_learner(self.learner_path, self.learner_args)
+        workspace = fl_ctx.get_engine().get_workspace()
+        site_config = load_site_config(workspace.get_site_config_dir(), fl_ctx.get_identity_name() or None)
+        if callable(getattr(learner, "apply_site_config", None)):  # optional hook, see fedmrg.fl.learner
+            learner.apply_site_config(site_config)
+        elif site_config:
+            self.log_warning(fl_ctx, f"{self.learner_path} takes no site settings: fedmrg_site.json not applied")
         keys = sorted(learner.shared_keys())
         state = check_state(learner.initial_shared_state(), keys, what=f"{self.learner_path}.initial_shared_state()")
-        return state, f"{self.learner_path}.initial_shared_state()"
+        source = f"{self.learner_path}.initial_shared_state()"
+        if "model_paths" in site_config:
+            source += f" with the model_paths of fedmrg_site.json {site_config['model_paths']}"
+        return state, source
 
     def get_resume_round(self, fl_ctx: FLContext) -> int | None:
         """The round to continue at when the model was resumed from ``state_dir``; None for a fresh start."""
