@@ -83,3 +83,12 @@ def test_variant_switches_secure_aggregation_on(tmp_path):
     # off unless asked for
     plain = _cfg(write_variant(JOB, tmp_path / "p", ["rounds=2"]), "server")
     assert not plain["workflows"][0]["path"].endswith("SecureScatterAndGather")
+
+
+def test_variant_switches_the_site_dp_filter_on(tmp_path):
+    out = write_variant(JOB, tmp_path / "v", ["site_dp=true", "site_dp.noise_multiplier=0.5"])
+    filters = [f for g in _cfg(out, "client")["task_result_filters"] for f in g["filters"]]
+    dp = [f["args"] for f in filters if f["path"].endswith("SiteDPFilter")]
+    assert dp and all(a["enabled"] is True and a["noise_multiplier"] == 0.5 for a in dp)
+    base = [f for g in _cfg(JOB, "client")["task_result_filters"] for f in g["filters"]]
+    assert all(f["args"]["enabled"] is False for f in base if f["path"].endswith("SiteDPFilter"))  # off by default

@@ -21,6 +21,8 @@ Keys of ``--set`` (values are JSON, else strings):
   persistor (both sides must build the same model);
 - ``client.<a.b.c>``: other executor arguments (e.g. ``client.private_dir``);
 - ``server.<component id>.<a.b.c>``: arguments of a server component or workflow (e.g. ``server.model_selector.key_metric``);
+- ``site_dp=true`` and ``site_dp.<argument>`` (``clip_norm``, ``noise_multiplier``, ``delta``, ``max_epsilon``, ...):
+  switch the site-level DP-FedAvg filter on at every site (:class:`fedmrg.privacy.site_dp_filter.SiteDPFilter`);
 - ``secure_aggregation=true`` and ``secure_aggregation.<option>`` (``clip_norm``, ``max_weight``, ``threshold``,
   ``min_sites``, ``identity``): switch pairwise-masked secure aggregation on
   (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
@@ -40,6 +42,7 @@ from fedmrg.errors import ConfigError
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
 OWN_PREFIX = "fedmrg."
+SITE_DP = "fedmrg.privacy.site_dp_filter.SiteDPFilter"
 #: learner arguments the server's persistor needs too (it builds the initial model from them)
 SERVER_LEARNER_ARGS = ("config", "overrides")
 #: ``learner.overrides`` for a smoke run in seconds: the tiny built-in models (a few thousand parameters), 32 px
@@ -160,12 +163,14 @@ def apply_overrides(job_dir: str | Path, sets: Iterable[str]) -> None:
             if not sub:
                 raise ConfigError(f"--set {item!r}: expected server.<component id>.<argument>")
             _set(_component(server, comp_id), sub, value, str(SERVER_CONFIG))
+        elif key == "site_dp" or key.startswith("site_dp."):
+            _set_site_dp(client, key.partition(".")[2] or "enabled", value)
         elif key == "secure_aggregation" or key.startswith("secure_aggregation."):
             secagg[key.partition(".")[2] or "on"] = value
         else:
             raise ConfigError(
-                f"--set {item!r}: unknown key; use rounds, min_clients, learner.*, client.*, server.* or "
-                "secure_aggregation[.*]"
+                f"--set {item!r}: unknown key; use rounds, min_clients, learner.*, client.*, server.*, site_dp[.*] "
+                "or secure_aggregation[.*]"
             )
     if secagg.pop("on", bool(secagg)):
         from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
@@ -173,6 +178,17 @@ def apply_overrides(job_dir: str | Path, sets: Iterable[str]) -> None:
         apply_secure_aggregation(server, client, secagg)
     for path, data in ((job / "meta.json", meta), (job / SERVER_CONFIG, server), (job / CLIENT_CONFIG, client)):
         path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _set_site_dp(client: dict[str, Any], arg: str, value: Any) -> None:
+    """Set an argument of the client's site-level DP filter (:class:`fedmrg.privacy.site_dp_filter.SiteDPFilter`)."""
+    filters = [
+        f for g in client.get("task_result_filters", []) for f in g.get("filters", []) if f.get("path") == SITE_DP
+    ]
+    if not filters:
+        raise ConfigError(f"{CLIENT_CONFIG}: no {SITE_DP} in task_result_filters to set `site_dp.{arg}` on")
+    for f in filters:
+        f.setdefault("args", {})[arg] = value
 
 
 def write_variant(base: str | Path, out: str | Path, sets: Iterable[str], *, overwrite: bool = False) -> Path:
