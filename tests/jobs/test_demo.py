@@ -27,7 +27,9 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
 
     summary = json.loads((out / "workspace/server/simulate_job/app_server/summary/summary.json").read_text())
     # the unseen site declined training; the two training sites were aggregated
-    assert set(summary["rounds"][0]["sites"]) == {"site-1", "site-2"}
+    sites = summary["rounds"][0]["sites"]
+    assert {s for s, v in sites.items() if v.get("accepted")} == {"site-1", "site-2"}
+    assert "accepted" not in sites.get("unseen-1", {})  # it sent no update (only its train task's bytes are listed)
     cross = summary["cross_site"]
     assert set(cross) == {"site-1", "site-2", "unseen-1"}
     for site in ("site-1", "site-2"):
