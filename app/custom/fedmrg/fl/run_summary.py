@@ -143,7 +143,11 @@ class RunSummary(Widget):
             if r is None and self._t0:  # the executor sets the round on train results; else the last started one
                 r = max(self._t0)
             self.summary["errors"].append({"round": r, "site": site, "task": task, "rc": rc, "message": message})
-        self.log_error(fl_ctx, f"site {site}: task {task!r} failed with {rc}: {message}")
+        text = f"site {site}: task {task!r} failed with {rc}: {message}"
+        # a declined task (evaluation-only site) or nothing to submit is expected, not an error
+        (self.log_info if rc in (ReturnCode.TASK_UNSUPPORTED, ReturnCode.EMPTY_RESULT) else self.log_error)(
+            fl_ctx, text
+        )
 
     def _start(self, fl_ctx: FLContext) -> None:
         workspace = fl_ctx.get_engine().get_workspace()

@@ -215,8 +215,9 @@ class SharedStateExecutor(Executor):
             return _error_reply(ReturnCode.EXECUTION_EXCEPTION, message)
         try:
             if task_name == self.train_task and self._role == "evaluate":
-                self.log_info(fl_ctx, f"{where}: evaluation-only site (role 'evaluate'): train declined")
-                return make_reply(ReturnCode.TASK_UNSUPPORTED)
+                message = f"{where}: evaluation-only site (role 'evaluate'): train declined"
+                self.log_info(fl_ctx, message)
+                return _error_reply(ReturnCode.TASK_UNSUPPORTED, message)
             if task_name == self.train_task:
                 return self._train(shareable, round_num, fl_ctx, abort_signal, where)
             if self.validate_task and task_name == self.validate_task:
@@ -343,8 +344,9 @@ class SharedStateExecutor(Executor):
     def _submit_model(self, fl_ctx: FLContext, where: str) -> Shareable:
         path = self._private_root / _LOCAL_MODEL_FILE
         if not path.is_file():
-            self.log_warning(fl_ctx, f"{where}: no local model yet ({path} missing); nothing submitted")
-            return make_reply(ReturnCode.EMPTY_RESULT)
+            message = f"{where}: no local model ({path} missing: not trained, or an evaluation-only site)"
+            self.log_warning(fl_ctx, message)
+            return _error_reply(ReturnCode.EMPTY_RESULT, message)
         state, meta = load_state(path)
         state = check_state(state, self._keys, what=f"local model {path}")
         self.log_info(fl_ctx, f"{where}: submitting local model of round {meta.get('round', '?')}")
