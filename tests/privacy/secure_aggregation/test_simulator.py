@@ -75,18 +75,21 @@ def _plain_fedavg(rec: Path, r: int, sites: list[str]) -> dict[str, np.ndarray]:
     return {k: sum(weights[s] * deltas[s][k].astype(np.float64) for s in sites) / total for k in deltas[sites[0]]}
 
 
-def _check_final_model(ws: Path, rec: Path, survivors_by_round: list[list[str]]) -> None:
+def _check_final_model(
+    ws: Path, rec: Path, survivors_by_round: list[list[str]], initial: dict | None = None, clip: float = CLIP
+) -> None:
+    initial = initial if initial is not None else ToyLearner(**TOY).initial_shared_state()
     final, meta = load_state(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.safetensors")
-    expected = {k: v.astype(np.float64) for k, v in ToyLearner(**TOY).initial_shared_state().items()}
+    expected = {k: v.astype(np.float64) for k, v in initial.items()}
     for r, sites in enumerate(survivors_by_round):
         for k, v in _plain_fedavg(rec, r, sites).items():
             expected[k] += v
-    bound = len(survivors_by_round) * fixed_point.error_bound(fixed_point.fraction_bits(3, MAX_WEIGHT, CLIP))
+    bound = len(survivors_by_round) * fixed_point.error_bound(fixed_point.fraction_bits(3, MAX_WEIGHT, clip))
     err = max(float(np.abs(final[k] - expected[k]).max()) for k in expected)
     scale = max(float(np.abs(v).max()) for v in expected.values())
     assert meta["round"] == "1"
     assert err <= bound + 4 * scale * 2**-24, (err, bound)
-    moved = max(float(np.abs(final[k] - ToyLearner(**TOY).initial_shared_state()[k]).max()) for k in final)
+    moved = max(float(np.abs(final[k] - initial[k]).max()) for k in final)
     assert moved > 100 * bound  # the model did change, far beyond the fixed-point error
 
 
@@ -125,3 +128,38 @@ def test_a_dropout_after_key_exchange_is_recovered_in_the_simulator(tmp_path):
     assert "round 1: sites ['site-3'] dropped after the key exchange" in log
     assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
     _check_final_model(ws, tmp_path / "rec", [SITES, ["site-1", "site-2"]])
+
+
+@pytest.mark.slow
+def test_secure_aggregation_of_the_fedmrg_job_matches_plain_fedavg(tmp_path, monkeypatch):
+    """The real jobs/fedmrg (tiny built-in models, 3 sites, 2 rounds) with secure aggregation switched on."""
+    from fedmrg.job import TINY_MODEL_OVERRIDES, write_variant
+    from fedmrg.report.fl_job_learner import JobFedMRGLearner
+
+    monkeypatch.setenv("FEDMRG_CACHE", str(tmp_path / "cache"))
+    clip = 1000.0  # above any delta norm of the tiny model, so the recorded plain deltas are what was aggregated
+    synthetic = {"num_studies": 48, "sites": 3, "unseen_sites": 0, "image_size": 32, "seed": 0}
+    sets = ["rounds=2", "min_clients=3", f"learner.overrides={json.dumps(TINY_MODEL_OVERRIDES)}",
+            f"learner.synthetic={json.dumps(synthetic)}", "learner.local_steps=2", "learner.validate_max_studies=2",
+            "secure_aggregation=true", f"secure_aggregation.clip_norm={clip}",
+            f"secure_aggregation.max_weight={MAX_WEIGHT}"]  # fmt: skip
+    job = write_variant(Path(REPO_ROOT) / "jobs" / "fedmrg", tmp_path / "job", sets)
+    cfg = job / "app" / "config"
+    _edit(cfg / "config_fed_server.json", lambda c: c.update(workflows=c["workflows"][:1]))  # no cross-site eval
+
+    def recorders(c):
+        group = next(g for g in c["task_result_filters"] if g["filters"][-1]["path"] == MASK_FILTER)
+        rec = "delta_recorder.DeltaRecorder"
+        plain = {"path": rec, "args": {"out_dir": str(tmp_path / "rec"), "stage": "plain"}}
+        group["filters"] = [*group["filters"][:-1], plain, group["filters"][-1]]
+
+    _edit(cfg / "config_fed_client.json", recorders)
+    ws = tmp_path / "ws"
+    proc = _simulate(job, ws)
+    log = (ws / "server" / "log.txt").read_text()
+    assert proc.returncode == 0 and "Exception in ScatterAndGather" not in log, proc.stderr[-3000:] + log[-3000:]
+    assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
+    learner = JobFedMRGLearner(
+        overrides=TINY_MODEL_OVERRIDES | {"training": TINY_MODEL_OVERRIDES["training"] | {"rounds": 2}}
+    )
+    _check_final_model(ws, tmp_path / "rec", [SITES, SITES], initial=learner.initial_shared_state(), clip=clip)
