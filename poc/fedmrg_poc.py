@@ -350,11 +350,13 @@ def find_server_app(result: Path) -> Path:
 
 def report(app: Path) -> dict[str, Any]:
     """Print the run summary of a downloaded result (rounds table, files) and return the summary."""
-    from fedmrg.demo import format_rounds
+    from fedmrg.demo import format_cross_site, format_rounds
 
     summary_file = app / "summary" / "summary.json"
     summary = json.loads(summary_file.read_text())
-    print(format_rounds(summary))
+    trained = sorted({s for r in summary.get("rounds", []) for s, v in r.get("sites", {}).items() if v.get("accepted")})
+    print(format_rounds(summary, trained))
+    print("\n" + format_cross_site(summary, trained, []))
     print(f"\nglobal model: {app / 'FL_global_model.safetensors'}\nsummary:      {summary_file}")
     return summary
 
