@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.privacy.accounting import PrivacyLedger
 from fedmrg.privacy.dp_config import DPSGDConfig
+from fedmrg.report.losses import distillation_losses
 from fedmrg.report.prompt_layout import IGNORE_INDEX
 from fedmrg.report.state_tokens import StateTokenEmbedding
 from fedmrg.report.steps import StepLosses, detach_encoded
@@ -148,34 +149,13 @@ def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def per_sample_distillation(
-    student_logits: torch.Tensor,
-    student_hidden: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    positions: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) cosine-embedding and (B,) KL(teacher || student) losses, each a mean over the study's own positions.
-
-    The per-study form of :func:`fedmrg.report.losses.distillation_losses` (same terms, same T^2 factor).
-    """
-    mask = positions.to(torch.float32)
-    count = mask.sum(1).clamp(min=1.0)
-    cos = 1.0 - F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1)  # (B, L)
-    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t_log = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    kl = (t_log.exp() * (t_log - s_log)).sum(-1) * temperature**2  # (B, L)
-    return (cos * mask).sum(1) / count, (kl * mask).sum(1) / count
-
-
 def _distil(model: FedMRGModel, batch: Mapping[str, Any], teacher: str, out: Any) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         t = model(batch, adapter=teacher, encoded=detach_encoded(out.encoded))  # type: ignore[arg-type]
-    return per_sample_distillation(
-        out.logits, out.hidden, t.logits, t.hidden, out.report_positions, temperature=model.config.losses.kd_temperature
-    )
+    return distillation_losses(
+        out.logits, out.hidden, t.logits, t.hidden, out.report_positions,
+        temperature=model.config.losses.kd_temperature, per_sample=True,
+    )  # fmt: skip
 
 
 def dp_generic_losses(model: FedMRGModel, batch: Mapping[str, Any]) -> StepLosses:
@@ -475,6 +455,5 @@ __all__ = [
     "dp_generic_losses",
     "dp_specialized_losses",
     "freeze_batchnorm",
-    "per_sample_distillation",
     "per_sample_lm_loss",
 ]

@@ -28,6 +28,7 @@ def distillation_losses(
     positions: torch.Tensor,
     *,
     temperature: float = 1.0,
+    per_sample: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine-embedding loss on final hidden states and KL on logits, over report positions (paper eq. 4-5).
 
@@ -36,14 +37,20 @@ def distillation_losses(
         student_hidden, teacher_hidden: (B, L, d) final-layer hidden states.
         positions: (B, L) bool, the positions to distil (:func:`target_positions`).
         temperature: softmax temperature T of the KL term; the KL is multiplied by T^2 (Hinton et al. 2015).
+        per_sample: average over each study's own positions and return (B,) values (DP-SGD needs per-study losses)
+            instead of one mean over all positions of the batch.
 
     Returns:
-        ``(cos, kl)``: mean (1 - cos) per position, and KL(teacher || student) averaged per position. The teacher is
-        detached: gradients reach only the student.
+        ``(cos, kl)``: mean (1 - cos) per position, and KL(teacher || student) averaged per position; scalars, or
+        (B,) with ``per_sample``. The teacher is detached: gradients reach only the student.
     """
-    s_h, t_h = student_hidden[positions].float(), teacher_hidden[positions].detach().float()
-    cos = F.cosine_embedding_loss(s_h, t_h, torch.ones(s_h.shape[0], device=s_h.device))
-    s_log = F.log_softmax(student_logits[positions].float() / temperature, dim=-1)
-    t_log = F.log_softmax(teacher_logits[positions].detach().float() / temperature, dim=-1)
-    kl = F.kl_div(s_log, t_log, log_target=True, reduction="batchmean") * temperature**2
-    return cos, kl
+    mask = positions.to(torch.float32)
+    cos = 1.0 - F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1)  # (B, L)
+    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t_log = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    kl = (t_log.exp() * (t_log - s_log)).sum(-1) * temperature**2  # (B, L)
+    if per_sample:
+        count = mask.sum(1).clamp(min=1.0)
+        return (cos * mask).sum(1) / count, (kl * mask).sum(1) / count
+    count = mask.sum().clamp(min=1.0)
+    return (cos * mask).sum() / count, (kl * mask).sum() / count
