@@ -29,7 +29,7 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
     # the unseen site declined training; the two training sites were aggregated
     sites = summary["rounds"][0]["sites"]
     assert {s for s, v in sites.items() if v.get("accepted")} == {"site-1", "site-2"}
-    assert "accepted" not in sites.get("unseen-1", {})  # it sent no update (only its train task's bytes are listed)
+    assert not sites.get("unseen-1", {}).get("accepted")  # it sent no update (only its train task's bytes are listed)
     cross = summary["cross_site"]
     assert set(cross) == {"site-1", "site-2", "unseen-1"}
     for site in ("site-1", "site-2"):
