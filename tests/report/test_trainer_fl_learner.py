@@ -53,3 +53,13 @@ def test_learner_round_trip(tmp_path, tiny_llama_dir):
     restored.load_private(str(tmp_path / "private"))
     assert restored._private.keys() == site._private.keys()
     assert all(np.array_equal(restored._private[k].numpy(), site._private[k].numpy()) for k in site._private)
+
+
+def test_base_learner_refuses_site_model_paths_it_cannot_apply(tmp_path):
+    import pytest
+
+    from fedmrg.errors import ConfigError
+    from fedmrg.report.fl_learner import FedMRGLearner
+
+    with pytest.raises(ConfigError, match="`model_paths`.*JobFedMRGLearner"):
+        FedMRGLearner().setup("site-1", str(tmp_path), {"model_paths": {"decoder.path": "/models/x"}})

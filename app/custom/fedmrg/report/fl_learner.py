@@ -78,6 +78,11 @@ class FedMRGLearner:
         from fedmrg.report.data_loading import open_split
         from fedmrg.report.trainer import LocalTrainer
 
+        if config.get("model_paths") and not callable(getattr(self, "apply_site_config", None)):
+            raise ConfigError(
+                f"site {site_name!r}: `model_paths` in fedmrg_site.json needs a learner that applies them "
+                f"(fedmrg.report.fl_job_learner.JobFedMRGLearner); {type(self).__name__} takes its models from the job"
+            )
         data_root = config.get("data_root") or ""
         if not data_root:
             raise ConfigError(f"site {site_name!r}: no data root; set it in fedmrg_site.json or the job template")
