@@ -90,6 +90,11 @@ def test_best_model_and_locator(flare, tmp_path, toy_args):
     dxo = loc.locate_model("best_FL_global_model", ctx)
     assert np.array_equal(dxo.data["shared.bias"], _weights(best)["shared.bias"])
     assert dxo.meta["round"] == "1"  # validated in round 2 = produced by round 1
+    only_latest = SharedStateModelLocator(persistor_id="persistor", models=["FL_global_model"])
+    only_latest.handle_event(EventType.START_RUN, ctx)
+    assert only_latest.get_model_names(ctx) == ["FL_global_model"]
+    with pytest.raises(TypeError, match="list of model names"):
+        SharedStateModelLocator(models="FL_global_model")
 
 
 @pytest.mark.parametrize(

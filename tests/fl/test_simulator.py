@@ -226,3 +226,36 @@ def test_failing_sites_are_named_in_the_server_log_and_the_rounds_go_on(tmp_path
     assert {(0, "site-3"), (1, "site-3"), (2, "site-3"), (1, "site-2")} <= errors
     final, meta = load_state(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.safetensors")
     assert meta["round"] == "2" and all(np.isfinite(v).all() for v in final.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("announced", [False, True], ids=["learned-from-decline", "named-in-job"])
+def test_an_evaluation_only_site_is_not_sent_the_train_task(tmp_path, announced):
+    """site-3 is evaluation-only (role in fedmrg_site.json). Named in the workflow's ``evaluation_sites`` it never gets
+    ``train``; otherwise it gets round 0's, declines it, and is skipped from round 1 on. Either way it still takes
+    part in cross-site validation, and every round is aggregated from site-1 and site-2."""
+    job = _make_job(tmp_path, num_rounds=3, toy_args=TOY_ARGS, cross_site=True)
+    if announced:
+        _edit(
+            job / "app" / "config" / "config_fed_server.json",
+            lambda cfg: cfg["workflows"][0]["args"].update(evaluation_sites=["site-3"]),
+        )
+    ws = tmp_path / "ws"
+    (ws / "local").mkdir(parents=True)
+    (ws / "local" / "fedmrg_site.json").write_text(json.dumps({"sites": {"site-3": {"role": "evaluate"}}}))
+    proc = _simulate(job, ws, sites=3, threads=3, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    wire = _jsonl(tmp_path / "wire" / "site-3.jsonl")
+    train_downs = [r for r in wire if r["direction"] == "down" and r["task"] == "train"]
+    assert len(train_downs) == (0 if announced else 1)
+    assert any(r["direction"] == "up" and r["task"] == "validate" for r in wire)
+    for site in ("site-1", "site-2"):
+        site_wire = _jsonl(tmp_path / "wire" / f"{site}.jsonl")
+        assert sum(r["direction"] == "down" and r["task"] == "train" for r in site_wire) == 3
+    log = _server_log(ws)
+    assert "round 2: train sent to ['site-1', 'site-2']; evaluation-only: ['site-3']" in log
+    assert ("site site-3 is evaluation-only (declined train)" in log) is not announced
+    summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
+    aggregated = {r["round"]: sorted(s for s, v in r["sites"].items() if v.get("accepted")) for r in summary["rounds"]}
+    assert aggregated == {r: ["site-1", "site-2"] for r in range(3)}

@@ -305,3 +305,31 @@ def test_recipe_loads_from_yaml_and_validates(tmp_path: Path) -> None:
         EncoderRecipe(hidden_sizes=(8, 16), depths=(1,))
     with pytest.raises(ValueError, match="steps"):
         WarmupRecipe(steps=-1)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_warmup_precision_is_resolved_before_hashing(monkeypatch, native: bool) -> None:
+    from fedmrg.report import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    auto = BuiltinRecipe()
+    assert auto.warmup.precision == "auto"
+    resolved = auto.resolved()
+    assert resolved.warmup.precision == ("bf16" if native else "fp32")
+    assert resolved.resolved() == resolved and tiny_recipe().resolved() == tiny_recipe()  # explicit stays
+    train, heldout = warmup_corpus(tiny_recipe())
+    fp32, bf16 = (replace(tiny_recipe(), warmup=replace(tiny_recipe().warmup, precision=p)) for p in ("fp32", "bf16"))
+    assert recipe_hash(fp32, train, heldout) != recipe_hash(bf16, train, heldout)
+    with pytest.raises(ValueError, match="precision"):
+        WarmupRecipe(precision="fp16")
+
+
+def test_bf16_warmup_lowers_the_loss_and_keeps_float32_weights() -> None:
+    recipe = tiny_recipe()
+    train, _ = warmup_corpus(recipe)
+    tok = lm.train_report_tokenizer(train, vocab_size=recipe.tokenizer.vocab_size)
+    model = initial_decoder(tok, recipe)
+    losses = lm.warm_up_lm(model, tok, train, steps=40, batch_size=8, seq_len=64, learning_rate=3e-3, seed=0,
+                           bf16=True, progress=False)  # fmt: skip
+    assert np.mean(losses[-5:]) < losses[0] - 1.0, (losses[0], losses[-5:])
+    assert all(p.dtype == torch.float32 for p in model.parameters())

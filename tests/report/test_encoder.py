@@ -52,3 +52,15 @@ def test_encoder_loads_a_local_hf_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
         VisualEncoder(EncoderConfig(path=str(tmp_path / "empty")))
+
+
+def test_untrained_projector_emits_zero_tokens_and_opens_after_one_step():
+    torch.manual_seed(0)
+    proj = VisualProjector(8, 16)
+    patches = torch.randn(2, 5, 8)
+    assert torch.equal(proj(patches), torch.zeros(2, 5, 16))  # the frozen decoder first sees only its prompt
+    target = torch.randn(2, 5, 16)
+    torch.nn.functional.mse_loss(proj(patches), target).backward()
+    assert proj.norm.weight.grad.abs().sum() > 0  # the gain learns although the output was zero
+    torch.optim.SGD(proj.parameters(), lr=0.1).step()
+    assert proj(patches).abs().sum() > 0

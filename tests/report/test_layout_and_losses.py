@@ -82,3 +82,38 @@ def test_state_rows_start_from_the_decoder_embedding_of_the_state_words(make_con
         ids = model.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         assert torch.allclose(rows[k], table[ids].mean(0))
     assert torch.cdist(rows, rows).add(torch.eye(4)).min() > 1e-3
+
+
+def test_diagnosis_loss_adds_the_bias_to_the_logits():
+    from fedmrg.report.diagnosis import diagnosis_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, states = torch.randn(3, 14, 4, generator=g), torch.randint(0, 4, (3, 14), generator=g)
+    bias = torch.randn(14, 4, generator=g)
+    assert diagnosis_loss(logits, states, bias) == pytest.approx(float(diagnosis_loss(logits + bias, states)))
+    assert diagnosis_loss(logits, states, bias) != pytest.approx(float(diagnosis_loss(logits, states)))
+
+
+def test_untrained_diagnosis_head_says_blank_with_the_initial_probability():
+    from fedmrg.observations import State
+    from fedmrg.report.diagnosis import INITIAL_BLANK_PROBABILITY, DiagnosisHead
+
+    torch.manual_seed(0)
+    head = DiagnosisHead(64)
+    probs = head(torch.zeros(2, 64)).softmax(-1)
+    torch.testing.assert_close(probs[..., int(State.BLANK)], torch.full((2, 14), INITIAL_BLANK_PROBABILITY))
+    assert (head(torch.rand(8, 64)).argmax(-1) == int(State.BLANK)).all()  # small random features: still blank
+
+
+def test_diagnosis_f1_scores_the_heads_positive_states():
+    from fedmrg.observations import OBSERVATIONS
+    from fedmrg.report.evaluation import diagnosis_f1
+
+    def row(pred_pos: set[int], ref_pos: set[int]) -> dict:
+        states = {o: {"state": "positive" if j in pred_pos else "blank"} for j, o in enumerate(OBSERVATIONS)}
+        return {"states": states, "reference_states": ["positive" if j in ref_pos else "negative" for j in range(14)]}
+
+    # per study: F1 1 (exact), 2/3 (one of two found), 0 (wrong one); mean 5/9
+    rows = [row({2}, {2}), row({2}, {2, 5}), row({7}, {3})]
+    assert diagnosis_f1(rows) == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert diagnosis_f1([{"states": None, "reference_states": ["blank"] * 14}]) is None

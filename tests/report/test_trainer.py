@@ -190,3 +190,39 @@ def test_tensorboard_scalars_are_written(make_config, records, tmp_path):
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert "site-1/train/g/lm" in tags and "site-1/round/samples_per_s" in tags
+
+
+def test_bf16_autocast_on_cpu_trains_and_keeps_float32_weights(make_config, records, tmp_path):
+    trainer = make_trainer(make_config, records, tmp_path, views=False, mixed_precision="bf16")
+    assert trainer.amp_dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in get_shared_state(trainer.model).items()}
+    out = trainer.train_round(before, None, round_num=0, steps=2)
+    assert all(v.dtype == torch.float32 for v in out.shared_state.values())
+    assert any(not torch.equal(before[k], out.shared_state[k]) for k in before)
+    assert math.isfinite(out.metrics["g/lm"])
+
+
+def test_logit_adjustment_comes_from_the_site_training_states(make_config, records, tmp_path):
+    """losses.logit_adjustment = tau: loss_bias[:, POS] = tau * log((n_pos + 1) / (N + 2)) over this site's studies;
+    the bias is neither shared nor saved, and tau = 0 leaves it zero."""
+    import dataclasses
+
+    from fedmrg.observations import State
+
+    def trainer_with(tau):
+        def config(**kw):
+            cfg = make_config(**kw)
+            return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, logit_adjustment=tau))
+
+        return make_trainer(config, records, tmp_path, views=False)
+
+    trainer = trainer_with(0.5)
+    states = torch.tensor(trainer.dataset.states)
+    n_pos = (states == int(State.POSITIVE)).sum(0).float()
+    expected = 0.5 * torch.log((n_pos + 1) / (len(states) + 2))
+    bias = trainer.model.diagnosis_head.loss_bias
+    torch.testing.assert_close(bias[:, int(State.POSITIVE)], expected)
+    assert bias[:, [int(State.BLANK), int(State.NEGATIVE), int(State.UNCERTAIN)]].abs().max() == 0
+    assert not any("loss_bias" in k for k in get_shared_state(trainer.model))
+    assert not any("loss_bias" in k for k in trainer.model.state_dict())
+    assert trainer_with(0.0).model.diagnosis_head.loss_bias.abs().max() == 0

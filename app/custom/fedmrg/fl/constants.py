@@ -25,6 +25,9 @@ class FedHeaderKey:
     #: site -> server, on a reply with an error return code: ``str`` what went wrong (logged by the server's
     #: :class:`~fedmrg.fl.run_summary.RunSummary`, so the server log says why a site's result is missing).
     ERROR = "fedmrg.error"
+    #: site -> server, on a declined ``train`` task: ``str`` the site's role (``"evaluate"``); the server's
+    #: :class:`~fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather` sends it no more ``train`` tasks.
+    ROLE = "fedmrg.role"
 
 
 class FedEventType:

@@ -16,8 +16,8 @@ Tasks:
 - ``submit_model`` (cross-site evaluation): returns the site's last local shared state as a WEIGHTS DXO.
 
 A site whose ``fedmrg_site.json`` says ``"role": "evaluate"`` (see :mod:`fedmrg.fl.site_config`) declines ``train``
-with ``TASK_UNSUPPORTED`` (ScatterAndGather carries on with the other sites while ``min_clients`` allows) and takes
-part in cross-site evaluation only: the benchmark's unseen site. A site's ``test_split`` in ``fedmrg_site.json``
+with ``TASK_UNSUPPORTED`` and the header ``FedHeaderKey.ROLE`` (our ScatterAndGather sends it no further ``train``
+tasks; see :mod:`fedmrg.fl.resumable_scatter_and_gather`) and takes part in cross-site evaluation only: the benchmark's unseen site. A site's ``test_split`` in ``fedmrg_site.json``
 replaces the job's (an unseen site of a prepared dataset has only ``test``).
 
 The private state is saved in ``private_dir`` after every round and loaded at START_RUN, so it survives rounds,
@@ -217,7 +217,9 @@ class SharedStateExecutor(Executor):
             if task_name == self.train_task and self._role == "evaluate":
                 message = f"{where}: evaluation-only site (role 'evaluate'): train declined"
                 self.log_info(fl_ctx, message)
-                return _error_reply(ReturnCode.TASK_UNSUPPORTED, message)
+                reply = _error_reply(ReturnCode.TASK_UNSUPPORTED, message)
+                reply.set_header(FedHeaderKey.ROLE, self._role)  # the server stops sending it train tasks
+                return reply
             if task_name == self.train_task:
                 return self._train(shareable, round_num, fl_ctx, abort_signal, where)
             if self.validate_task and task_name == self.validate_task:

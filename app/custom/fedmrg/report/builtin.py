@@ -158,7 +158,7 @@ def ensure_builtin_models(
 
     from fedmrg.paths import cache_dir
 
-    recipe = recipe or BuiltinRecipe()
+    recipe = (recipe or BuiltinRecipe()).resolved()
     train, heldout = warmup_corpus(recipe, corpus)
     key = recipe_hash(recipe, train, heldout)
     base = Path(cache_root) if cache_root is not None else cache_dir()
@@ -232,6 +232,7 @@ def build_builtin_models(
     statistics (parameter counts, held-out LM loss in nats/token and perplexity before and after the warm-up, tokens
     per whitespace word on the held-out texts, seconds per stage).
     """
+    recipe = recipe.resolved()
     with _hf_progress_bars(progress):
         return _build(Path(out_dir), recipe, train=train, heldout=heldout, recipe_key=recipe_key, progress=progress)
 
@@ -288,6 +289,7 @@ def _build(
             seed=recipe.seed,
             label_smoothing=w.label_smoothing,
             prompts=prompts,
+            bf16=w.precision == "bf16",
             progress=progress,
         )
         stats["warmup_seconds"] = time.perf_counter() - t0

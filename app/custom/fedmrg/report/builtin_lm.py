@@ -184,6 +184,7 @@ def warm_up_lm(
     seed: int,
     label_smoothing: float = 0.0,
     prompts: Sequence[Sequence[int] | None] | None = None,
+    bf16: bool = False,
     progress: bool = True,
 ) -> list[float]:
     """Language-model pretraining of ``model`` on ``texts`` (packed with their ``prompts``, see
@@ -191,7 +192,8 @@ def warm_up_lm(
 
     AdamW (weight decay 0.01), 10 % linear warm-up then cosine decay, gradient norm clipped to 1, next-token
     cross-entropy with ``label_smoothing`` (0 = plain LM loss). Batches are drawn without replacement per epoch from a
-    permutation seeded by ``seed``. Returns the training loss (nats/token, smoothed as trained) of every step.
+    permutation seeded by ``seed``. ``bf16``: forward under CPU bf16 autocast (weights and optimizer stay float32;
+    the loss is taken in float32). Returns the training loss (nats/token, smoothed as trained) of every step.
     """
     data = pack_reports(tokenizer, texts, seq_len=seq_len, prompts=prompts)
     gen = torch.Generator().manual_seed(seed)
@@ -205,9 +207,10 @@ def warm_up_lm(
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(data), generator=gen)])
         batch, order = data[order[:batch_size]], order[batch_size:]
-        logits = model(input_ids=batch).logits[:, :-1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=batch).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), label_smoothing=label_smoothing
+            logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), label_smoothing=label_smoothing
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

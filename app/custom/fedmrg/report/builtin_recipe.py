@@ -78,15 +78,18 @@ class WarmupRecipe:
     like a pretrained LLM reading "cardiomegaly: positive", can follow a findings list; it never sees the state
     tokens, images or a site's style."""
 
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 16
     seq_len: int = 128
     learning_rate: float = 1e-3
     label_smoothing: float = 0.1
     prompted_fraction: float = 0.5
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "seq_len")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"`precision` must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.prompted_fraction <= 1.0:
@@ -133,6 +136,15 @@ class BuiltinRecipe:
     warmup: WarmupRecipe = field(default_factory=WarmupRecipe)
     encoder: EncoderRecipe = field(default_factory=EncoderRecipe)
 
+    def resolved(self) -> BuiltinRecipe:
+        """This recipe with ``warmup.precision: auto`` replaced by what this machine uses (``bf16`` or ``fp32``)."""
+        if self.warmup.precision != "auto":
+            return self
+        from fedmrg.report.precision import cpu_has_native_bf16
+
+        precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        return dataclasses.replace(self, warmup=dataclasses.replace(self.warmup, precision=precision))
+
     def to_dict(self) -> dict:
         """JSON-ready nested dict (tuples as lists); ``from_dict(BuiltinRecipe, d)`` rebuilds the recipe."""
         return _listify(dataclasses.asdict(self))
@@ -145,7 +157,7 @@ def tiny_recipe(seed: int = 0) -> BuiltinRecipe:
         corpus=CorpusRecipe(n_reports=300, n_heldout=60),
         tokenizer=TokenizerRecipe(vocab_size=400, use_lexicon=False),
         decoder=DecoderRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=512),
-        warmup=WarmupRecipe(steps=100, batch_size=8, seq_len=64, learning_rate=3e-3),
+        warmup=WarmupRecipe(steps=100, batch_size=8, seq_len=64, learning_rate=3e-3, precision="fp32"),
         encoder=EncoderRecipe(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1)),
     )
 

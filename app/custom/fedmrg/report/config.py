@@ -126,6 +126,10 @@ class LossConfig:
         lambda_kd: weight of each distillation loss (cosine on hidden states + KL on logits, eq. 4-5).
         temperature: contrastive temperature tau (paper 4.2: 0.07).
         kd_temperature: softmax temperature of the KL term (1 = plain KL).
+        logit_adjustment: tau of PromptMRG's logit-adjusted diagnosis loss: in training, ``tau * log(p_pos)`` is
+            added to each observation's [POS] logit, ``p_pos`` being the site's own positive rate (Laplace-smoothed,
+            from its training labels; it never leaves the site); inference uses the raw logits, so rare findings
+            are predicted positive more often (Menon et al., ICLR 2021). 0 = plain cross-entropy.
     """
 
     lambda_cls: float = 4.0
@@ -133,9 +137,10 @@ class LossConfig:
     lambda_kd: float = 1.0
     temperature: float = 0.07
     kd_temperature: float = 1.0
+    logit_adjustment: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("lambda_cls", "lambda_con", "lambda_kd"):
+        for name in ("lambda_cls", "lambda_con", "lambda_kd", "logit_adjustment"):
             value = getattr(self, name)
             _check(value >= 0, f"`losses.{name}` must be >= 0, got {value}")
         _check(self.temperature > 0, f"`losses.temperature` must be > 0, got {self.temperature}")

@@ -59,7 +59,8 @@ def generate_for_dataset(
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Generate a report for every study of ``dataset`` (samples of :class:`~fedmrg.report.data_loading.
-    ReportDataset`). Returns rows ``{"study_id", "prediction", "reference", "states"}`` in dataset order.
+    ReportDataset`). Returns rows ``{"study_id", "prediction", "reference", "states", "reference_states"}`` in
+    dataset order (``reference_states``: the 14 state names of the study's labels).
 
     ``generate_kwargs`` override ``config.generation`` (``num_beams``, ``max_new_tokens``, ...). With
     ``oracle_states`` the prompts carry the ground-truth states instead of the diagnosis head's (an upper bound that
@@ -86,9 +87,30 @@ def generate_for_dataset(
             generate_kwargs["states"] = batch["states"]
         gen = _generate_batch(model, batch["images"], generic_only=generic_only, **generate_kwargs)
         described = describe_states(gen.states, gen.state_probs) or [None] * len(gen.reports)
-        for sid, pred, ref, states in zip(batch["study_ids"], gen.reports, batch["reports"], described, strict=True):
-            rows.append({"study_id": sid, "prediction": pred, "reference": ref, "states": states})
+        ref_states = [[STATE_NAMES[s] for s in row] for row in batch["states"].tolist()]
+        for sid, pred, ref, states, ref_st in zip(
+            batch["study_ids"], gen.reports, batch["reports"], described, ref_states, strict=True
+        ):
+            rows.append(
+                {"study_id": sid, "prediction": pred, "reference": ref, "states": states, "reference_states": ref_st}
+            )
     return rows
+
+
+def diagnosis_f1(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Example-based F1 of the diagnosis head's positive states against the reference states (the CE convention of
+    :func:`fedmrg.metrics.clinical.clinical_efficacy`, on states instead of labelled text); None without a head.
+
+    Beside CE-F1 it tells a low CE-F1 of a head that misses findings from one of a decoder that ignores its prompt.
+    """
+    from fedmrg.metrics.clinical import clinical_efficacy
+
+    if not rows or any(r.get("states") is None or r.get("reference_states") is None for r in rows):
+        return None
+    positive = STATE_NAMES[int(State.POSITIVE)]
+    pred = [[1.0 if r["states"][obs]["state"] == positive else 0.0 for obs in OBSERVATIONS] for r in rows]
+    ref = [[1.0 if s == positive else 0.0 for s in r["reference_states"]] for r in rows]
+    return float(clinical_efficacy(pred, ref)["example_based"]["f1"])
 
 
 def score_rows(rows: Sequence[Mapping[str, Any]], *, meteor: bool | None = False) -> dict[str, Any]:

@@ -141,7 +141,7 @@ class FedMRGLearner:
         from torch.utils.data import Subset
 
         from fedmrg.report.data_loading import open_split
-        from fedmrg.report.evaluation import generate_for_dataset, headline, score_rows
+        from fedmrg.report.evaluation import diagnosis_f1, generate_for_dataset, headline, score_rows
         from fedmrg.report.shared_state import (
             get_private_state,
             get_shared_state,
@@ -167,7 +167,9 @@ class FedMRGLearner:
                 generic_only=not personalized, progress=False,
             )  # fmt: skip
             h = headline(score_rows(rows))
-            return {"bleu4": h["BLEU_4"], "rouge_l": h["ROUGE_L"], "ce_f1": h.get("CE_F1", 0.0), "n": float(len(rows))}
+            out = {"bleu4": h["BLEU_4"], "rouge_l": h["ROUGE_L"], "ce_f1": h.get("CE_F1", 0.0), "n": float(len(rows))}
+            diag = diagnosis_f1(rows)
+            return out if diag is None else out | {"diag_f1": diag}
         finally:
             load_shared_state(model, saved_shared)
             load_private_state(model, saved_private)

@@ -335,7 +335,9 @@ class FedMRGModel(nn.Module):
         )
         with self.use_adapters(adapter):
             logits, hidden = self._run_decoder(inputs)
-        cls = diagnosis_loss(encoded.state_logits, states) if encoded.state_logits is not None else None
+        cls = None
+        if encoded.state_logits is not None:
+            cls = diagnosis_loss(encoded.state_logits, states, self.diagnosis_head.loss_bias)
         con = None
         if self.config.uses_contrastive and encoded.contrast_features is not None:
             groups = batch.get("groups")

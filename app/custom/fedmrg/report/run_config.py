@@ -52,7 +52,8 @@ class TrainingConfig:
         local_steps: optimizer steps per round; when None, ``local_epochs`` decides.
         local_epochs: passes over the local training data per round (fractions allowed; paper: about 0.02).
         max_grad_norm: gradient clipping norm per step (None = no clipping).
-        mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, none on CPU), ``"no"``,
+        mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it and on a CPU with native bf16,
+            e.g. AVX512-BF16; float32 otherwise, see :mod:`fedmrg.report.precision`), ``"no"``,
             ``"bf16"`` or ``"fp16"`` (with a gradient scaler; CUDA only).
         gradient_checkpointing: recompute decoder activations in the backward pass (less memory, ~30 % slower).
         augment: give each study a second randomly augmented view for the contrastive loss (only used when the

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from fedmrg.errors import FedMRGError
 from fedmrg.report.data_loading import make_loader, site_datasets
 from fedmrg.report.model import EncodedImages, FedMRGModel
+from fedmrg.report.precision import autocast_dtype
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.shared_state import (
     get_private_state,
@@ -88,19 +89,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FedMRGError(f"`training.device` is {name!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
     return device
-
-
-def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``training.mixed_precision`` on ``device`` (None = full precision)."""
-    if mixed_precision == "no":
-        return None
-    if mixed_precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if device.type != "cuda":
-        raise FedMRGError(f"`training.mixed_precision: {mixed_precision}` needs a CUDA device, got {device}")
-    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
 
 
 def cosine_factor(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
@@ -172,6 +160,30 @@ class LocalTrainer:
             from fedmrg.privacy.dp_sgd import PatientLevelDP
 
             self.dp = PatientLevelDP(model.config.privacy.dp_sgd, self)
+        self._set_logit_adjustment()
+
+    def _set_logit_adjustment(self) -> None:
+        """PromptMRG's logit adjustment of the diagnosis loss from this site's training states (``losses.
+        logit_adjustment``); off under DP-SGD, whose accounting covers per-study gradients, not a prior computed
+        from every study."""
+        tau, head = self.model.config.losses.logit_adjustment, self.model.diagnosis_head
+        if head is None or tau == 0:
+            return
+        if self.dp is not None:
+            warnings.warn(
+                f"site {self.site!r}: `losses.logit_adjustment` is off under DP-SGD (the positive-rate prior is a "
+                "statistic of all training studies, outside the DP accounting)",
+                stacklevel=3,
+            )
+            return
+        parts = site_datasets(self.dataset)
+        if not parts:
+            raise FedMRGError(
+                f"site {self.site!r}: `losses.logit_adjustment` needs the training states; the dataset "
+                f"{type(self.dataset).__name__} is not a ReportDataset (set `losses.logit_adjustment: 0`)"
+            )
+        states = torch.tensor([s for part in parts for s in part.states], dtype=torch.long)
+        head.set_logit_adjustment(states.to(head.loss_bias.device), tau)
 
     # ------------------------------------------------------------------ schedule
     @property

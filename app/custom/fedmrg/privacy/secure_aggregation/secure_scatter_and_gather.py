@@ -3,7 +3,7 @@ an unmask step after it, around an unchanged FedAvg loop (persist, resume, event
 
 Each round (see :mod:`~fedmrg.privacy.secure_aggregation.protocol` for the cryptography):
 
-1. ``secagg_advertise`` to every connected site (waiting as ``train`` does: ``min_clients`` answers, then
+1. ``secagg_advertise`` to every connected training site (not the evaluation-only ones; waiting as ``train`` does: ``min_clients`` answers, then
    ``wait_time_after_min_received``); the sites that answer with a valid signed advertisement are the round's
    participants. Every advertisement is verified here too (sites verify again: they do not trust the server);
 2. ``secagg_share`` to the participants with all advertisements; every participant must answer;
@@ -167,7 +167,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         data[SecAggKey.ROUND], data[SecAggKey.SESSION] = r, session
         data[SecAggKey.PARAMS] = {"clip_norm": self.clip_norm, "max_weight": self.max_weight,
                                   "threshold": self.threshold, "min_sites": self.min_sites}  # fmt: skip
-        clients = [c.name for c in self._engine.get_clients()]
+        clients = self.training_sites()  # evaluation-only sites never train, so they take no part in the masking
         results = self._stage(SecAggTask.ADVERTISE, data, clients, min(self._min_clients, len(clients)),
                               self._wait_time_after_min_received, fl_ctx, abort_signal)  # fmt: skip
         ads = {}
