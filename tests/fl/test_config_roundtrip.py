@@ -50,7 +50,14 @@ CASES = [
     ("fedmrg.fl.run_summary.RunSummary", {"output_dir": "out", "tb_folder": ""}),
     (
         "fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather",
-        {"min_clients": 2, "num_rounds": 7, "start_round": 1, "train_timeout": 60, "persistor_id": "persistor"},
+        {
+            "min_clients": 2,
+            "num_rounds": 7,
+            "start_round": 1,
+            "train_timeout": 60,
+            "persistor_id": "persistor",
+            "evaluation_sites": ["unseen-1"],
+        },
     ),
     (TOY, {"hidden": 3, "fail_sites": ["site-1"], "fail_round": 2}),
 ]

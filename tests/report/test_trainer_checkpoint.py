@@ -16,7 +16,7 @@ from fedmrg.report.evaluation import describe_states, generate_for_dataset, head
 from fedmrg.report.inspect_model import build_meta_model, count_parameters
 from fedmrg.report.model import FedMRGModel
 from fedmrg.report.run_config import RunConfig, TrainingConfig
-from fedmrg.report.shared_state import get_private_state, get_shared_state, shared_keys
+from fedmrg.report.shared_state import get_private_state, get_shared_state, shared_keys, start_round
 from fedmrg.report.trainer import LocalTrainer
 
 from .conftest import IMAGE_SIZE
@@ -52,7 +52,9 @@ def test_checkpoint_round_trip_and_peft_export(trained, tmp_path):
     assert all(torch.equal(get_private_state(loaded.model)[k], v) for k, v in out.private_state.items())
     assert load_run(run, generic_only=True).adapter == "generic"
 
-    # the same reports as the model in memory (greedy, mixed adapters)
+    # the same reports as the model in memory (greedy, mixed adapters), once its S1 is G as at load time (in memory,
+    # S1 is still the copy of G made when the round started)
+    start_round(model)
     images = torch.stack([dataset[i]["image"] for i in range(3)])
     model.eval()
     assert model.generate(images, num_beams=1).reports == loaded.model.generate(images, num_beams=1).reports

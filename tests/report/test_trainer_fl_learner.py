@@ -43,7 +43,7 @@ def test_learner_round_trip(tmp_path, tiny_llama_dir):
     before = get_shared_state(site._model)
     metrics = site.validate(initial, personalized=True, split="val")  # another state: must not stick
     n_val = len(site._data.split("site-1", "val"))
-    assert set(metrics) == {"bleu4", "rouge_l", "ce_f1", "n"} and metrics["n"] == min(3, n_val)
+    assert set(metrics) == {"bleu4", "rouge_l", "ce_f1", "diag_f1", "n"} and metrics["n"] == min(3, n_val)
     after = get_shared_state(site._model)
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
 

@@ -24,23 +24,63 @@ from collections.abc import Sequence
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from fedmrg.fl.constants import FedHeaderKey
 
 
 class ResumableScatterAndGather(ScatterAndGather):
-    def __init__(self, *, evaluation_sites: Sequence[str] = (), **kwargs):
-        """The arguments of :class:`~nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather` (by name), plus:
+    def __init__(
+        self,
+        min_clients: int = 1000,
+        num_rounds: int = 5,
+        start_round: int = 0,
+        wait_time_after_min_received: int = 10,
+        aggregator_id: str = AppConstants.DEFAULT_AGGREGATOR_ID,
+        persistor_id: str = "",
+        shareable_generator_id: str = AppConstants.DEFAULT_SHAREABLE_GENERATOR_ID,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        train_timeout: int = 0,
+        ignore_result_error: bool | None = None,
+        allow_empty_global_weights: bool = False,
+        task_check_period: float = 0.5,
+        persist_every_n_rounds: int = 1,
+        snapshot_every_n_rounds: int = 1,
+        memory_gc_rounds: int = 1,
+        enable_tensor_disk_offload: bool = False,
+        evaluation_sites: Sequence[str] | None = None,
+    ):
+        """The arguments of :class:`~nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather` (spelled out:
+        FLARE's job exporter reads a component's arguments from its ``__init__`` signature), plus:
 
         Args:
-            evaluation_sites: sites never sent ``train`` (evaluation-only hospitals known in advance). Sites that
+            evaluation_sites: sites never sent ``train`` (evaluation-only hospitals known in advance; None: none). Sites that
                 decline ``train`` with ``FedHeaderKey.ROLE`` are added at run time.
         """
-        super().__init__(**kwargs)
-        if isinstance(evaluation_sites, str) or not all(isinstance(s, str) for s in evaluation_sites):
+        super().__init__(
+            min_clients=min_clients,
+            num_rounds=num_rounds,
+            start_round=start_round,
+            wait_time_after_min_received=wait_time_after_min_received,
+            aggregator_id=aggregator_id,
+            persistor_id=persistor_id,
+            shareable_generator_id=shareable_generator_id,
+            train_task_name=train_task_name,
+            train_timeout=train_timeout,
+            ignore_result_error=ignore_result_error,
+            allow_empty_global_weights=allow_empty_global_weights,
+            task_check_period=task_check_period,
+            persist_every_n_rounds=persist_every_n_rounds,
+            snapshot_every_n_rounds=snapshot_every_n_rounds,
+            memory_gc_rounds=memory_gc_rounds,
+            enable_tensor_disk_offload=enable_tensor_disk_offload,
+        )
+        sites = evaluation_sites if evaluation_sites is not None else []
+        if isinstance(sites, str) or not all(isinstance(s, str) for s in sites):
             raise TypeError(f"`evaluation_sites` must be a list of site names, got {evaluation_sites!r}")
-        self._evaluation_sites: set[str] = set(evaluation_sites)
+        self.evaluation_sites = evaluation_sites  # as configured (FLARE's job exporter reads it back)
+        self._evaluation_sites: set[str] = set(sites)  # plus the sites learned from their declines
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         super().start_controller(fl_ctx)
