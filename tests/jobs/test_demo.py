@@ -26,10 +26,13 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     summary = json.loads((out / "workspace/server/simulate_job/app_server/summary/summary.json").read_text())
-    # the unseen site declined training; the two training sites were aggregated
+    # the unseen site was never sent the train task (the demo names it in `evaluation_sites`); the two training sites
+    # were aggregated
     sites = summary["rounds"][0]["sites"]
     assert {s for s, v in sites.items() if v.get("accepted")} == {"site-1", "site-2"}
-    assert not sites.get("unseen-1", {}).get("accepted")  # it sent no update (only its train task's bytes are listed)
+    assert "unseen-1" not in sites  # no train task down, no update up
+    server_log = (out / "workspace" / "server" / "log.txt").read_text()
+    assert "round 0: train sent to ['site-1', 'site-2']; evaluation-only: ['unseen-1']" in server_log
     cross = summary["cross_site"]
     assert set(cross) == {"site-1", "site-2", "unseen-1"}
     for site in ("site-1", "site-2"):
@@ -38,7 +41,7 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
         assert all(math.isfinite(v) for v in metrics.values())
     unseen = cross["unseen-1"]["SRV_FL_global_model"]
     assert "bleu4" in unseen and not any(k.startswith("personalized_") for k in unseen)  # no specialized adapter
-    assert "declined" in (out / "workspace" / "unseen-1" / "log.txt").read_text()
+    assert "train declined" not in (out / "workspace" / "unseen-1" / "log.txt").read_text()
     # the printed tables name every site, the unseen one marked
     assert "| unseen-1 (unseen) |" in proc.stdout and "| site-2 |" in proc.stdout
     assert "summary.png" in proc.stdout

@@ -178,25 +178,29 @@ def _final_global(summary: dict[str, Any], sites: list[str]) -> dict[str, float]
 def format_rounds(summary: dict[str, Any], sites: list[str]) -> str:
     """Markdown table: per round the validation means of the model the sites received, bytes and seconds."""
     lines = [
-        "| round | val BLEU-4 | val ROUGE-L | val CE-F1 | MB up | MB down | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| round | val BLEU-4 | val ROUGE-L | val CE-F1 | val head F1 | MB up | MB down | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.get("rounds", []):
         v = r.get("val") or {}
         lines.append(
             f"| {r['round']} | {_fmt(v.get('bleu4'))} | {_fmt(v.get('rouge_l'))} | {_fmt(v.get('ce_f1'))} "
-            f"| {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} | {_fmt(r.get('seconds'), '.1f')} |"
+            f"| {_fmt(v.get('diag_f1'))} | {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} "
+            f"| {_fmt(r.get('seconds'), '.1f')} |"
         )
     final = _final_global(summary, sites)
     if final:
         lines.append(
             f"| final model (cross-site) | {_fmt(final.get('personalized_bleu4'))} "
-            f"| {_fmt(final.get('personalized_rouge_l'))} | {_fmt(final.get('personalized_ce_f1'))} | | | |"
+            f"| {_fmt(final.get('personalized_rouge_l'))} | {_fmt(final.get('personalized_ce_f1'))} "
+            f"| {_fmt(final.get('personalized_diag_f1'))} | | | |"
         )
     best = summary.get("best") or {}
     note = (
         "val = mean over sites (weighted by samples) of the global model each site received at the round's start, "
-        "i.e. the model after the previous round; generic adapter mixed with the site's specialized adapter (alpha 0.5)"
+        "i.e. the model after the previous round; generic adapter mixed with the site's specialized adapter (alpha 0.5); "
+        "CE-F1 = findings of the generated report vs the reference report (labeler), head F1 = the diagnosis head's "
+        "positive states vs the reference labels (example-based F1 of both)"
     )
     if best:
         note += f"; best model: round {best.get('model_of_round')} by {best.get('key_metric')}"
