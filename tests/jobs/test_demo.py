@@ -45,3 +45,14 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
     # the printed tables name every site, the unseen one marked
     assert "| unseen-1 (unseen) |" in proc.stdout and "| site-2 |" in proc.stdout
     assert "summary.png" in proc.stdout
+
+
+def test_a_failing_preparation_stops_the_demo_with_an_error(tmp_path):
+    """The built-in models and data are prepared in a child process; its failure must stop the demo, not pass."""
+    from fedmrg.demo import _prefetch_in_child
+    from fedmrg.errors import FedMRGError
+
+    job = tmp_path / "job"
+    (job / "app" / "config").mkdir(parents=True)  # no config_fed_client.json: the child cannot read the learner
+    with pytest.raises(FedMRGError, match="exit code 1"):
+        _prefetch_in_child(job)
