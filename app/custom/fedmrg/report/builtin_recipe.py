@@ -78,7 +78,7 @@ class WarmupRecipe:
     like a pretrained LLM reading "cardiomegaly: positive", can follow a findings list; it never sees the state
     tokens, images or a site's style."""
 
-    steps: int = 200
+    steps: int = 180
     batch_size: int = 16
     seq_len: int = 128
     learning_rate: float = 1e-3
