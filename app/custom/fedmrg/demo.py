@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,19 @@ def _prefetch(job: Path) -> None:
     from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
     args = _learner_args(job)
-    learner = JobFedMRGLearner(config=args.get("config", "default.yaml"), overrides=args.get("overrides"))
+    learner = JobFedMRGLearner(
+        config=args.get("config", "default.yaml"), overrides=args.get("overrides"), validate_max_studies=2
+    )
     learner._load_config(progress=True)  # builds or finds the cached built-in models
     if args.get("synthetic") is not None:
         from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
 
-        print(f"    data: {ensure_synthetic_federation(SyntheticSpec(**args['synthetic']))}", file=sys.stderr)
-    learner._build_model()  # the model's own imports (PEFT, the Llama and ResNet classes)
+        data = ensure_synthetic_federation(SyntheticSpec(**args["synthetic"]))
+        print(f"    data: {data}", file=sys.stderr)
+        # a site's code path once (setup, then a 2-study validation: data, MONAI, trainer, metrics)
+        with tempfile.TemporaryDirectory() as workspace:
+            learner.setup(_sites(job)[0][0], workspace, {"data_root": str(data)})
+            learner.validate(learner.initial_shared_state(), personalized=False, split="val")
     for module in [*SIMULATOR_MODULES, *(path.rpartition(".")[0] for path in job_class_paths(job))]:
         importlib.import_module(module)
 
