@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from fedmrg.job import prepare_workspace, write_variant  # noqa: E402
+from fedmrg.job import prepare_workspace, simulator_command, write_variant  # noqa: E402
 from fedmrg.paths import REPO_ROOT  # noqa: E402
 
 
@@ -38,19 +38,7 @@ def _learner_args(job: Path) -> dict:
 
 def simulate(job: Path, ws: Path, sites: int) -> tuple[float, dict]:
     prepare_workspace(job, ws)
-    cmd = [
-        sys.executable,
-        "-m",
-        "nvflare.cli",
-        "simulator",
-        str(job),
-        "-w",
-        str(ws),
-        "-n",
-        str(sites),
-        "-t",
-        str(sites),
-    ]
+    cmd = simulator_command(job, ws, sites=sites)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 
 from fedmrg.fl.state_files import load_state
 from fedmrg.fl.toy_learner import EVENTS_FILE, ToyLearner
+from fedmrg.job import simulator_command
 from fedmrg.paths import REPO_ROOT
 
 SITES = ["site-1", "site-2"]
@@ -75,19 +75,7 @@ def _simulate(
     (ws / "local").mkdir(parents=True, exist_ok=True)
     (ws / "local" / "resources.json").write_text(json.dumps({"class_allow_list": ALLOW}))
     env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
-    cmd = [
-        sys.executable,
-        "-m",
-        "nvflare.cli",
-        "simulator",
-        str(job),
-        "-w",
-        str(ws),
-        "-n",
-        str(sites),
-        "-t",
-        str(threads),
-    ]
+    cmd = simulator_command(job, ws, sites=sites, threads=threads)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,14 +11,13 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedmrg.fl.state_files import load_state
-from fedmrg.job import TINY_MODEL_OVERRIDES, prepare_workspace, write_variant
+from fedmrg.job import TINY_MODEL_OVERRIDES, prepare_workspace, simulator_command, write_variant
 from fedmrg.paths import REPO_ROOT
 
 SITES = ["site-1", "site-2"]
@@ -63,7 +62,7 @@ def test_fedmrg_job_two_sites_two_rounds(tmp_path, monkeypatch):
     prepare_workspace(job, ws, extra=[RECORDER])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "2", "-t", "1"]
+    cmd = simulator_command(job, ws, sites=2, threads=1)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

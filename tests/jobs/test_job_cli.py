@@ -92,3 +92,15 @@ def test_variant_switches_the_site_dp_filter_on(tmp_path):
     assert dp and all(a["enabled"] is True and a["noise_multiplier"] == 0.5 for a in dp)
     base = [f for g in _cfg(JOB, "client")["task_result_filters"] for f in g["filters"]]
     assert all(f["args"]["enabled"] is False for f in base if f["path"].endswith("SiteDPFilter"))  # off by default
+
+
+def test_simulator_command_names_sites_by_count_or_by_name():
+    import sys
+
+    from fedmrg.job import simulator_command
+
+    head = [sys.executable, "-m", "nvflare.cli", "simulator", "J", "-w", "W"]
+    assert simulator_command("J", "W", sites=3) == [*head, "-n", "3", "-t", "3"]
+    assert simulator_command("J", "W", sites=["site-1", "unseen-1"], threads=1) == [
+        *head, "-c", "site-1,unseen-1", "-t", "1"
+    ]  # fmt: skip

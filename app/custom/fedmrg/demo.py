@@ -143,7 +143,7 @@ def _prefetch_in_child(job: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedmrg.errors import FedMRGError
-    from fedmrg.job import prepare_workspace, write_variant
+    from fedmrg.job import prepare_workspace, simulator_command, write_variant
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
     write_site_roles(ws, unseen)
     log = out / "simulator.log"
     clients = [*sites, *unseen]
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-c", ",".join(clients),
-           "-t", str(args.threads or len(clients))]  # fmt: skip
+    cmd = simulator_command(job, ws, sites=clients, threads=args.threads)
     print(f"[2/3] {' '.join(cmd[2:])}  (log: {log})", file=sys.stderr)
     # one BLAS thread per client process: three processes on few cores oversubscribe otherwise
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

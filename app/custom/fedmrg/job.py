@@ -33,7 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,18 @@ def prepare_workspace(job_dir: str | Path, workspace: str | Path, extra: Iterabl
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(resources, indent=2) + "\n")
     return path
+
+
+def simulator_command(
+    job_dir: str | Path, workspace: str | Path, *, sites: int | Sequence[str], threads: int | None = None
+) -> list[str]:
+    """Argv of ``nvflare simulator JOB -w WS`` in this interpreter: ``sites`` is a count (``-n``, sites ``site-1``..)
+    or the client names (``-c``); ``threads`` (``-t``, client processes in parallel) defaults to one per site."""
+    names = None if isinstance(sites, int) else list(sites)
+    count = sites if names is None else len(names)
+    which = ["-n", str(count)] if names is None else ["-c", ",".join(names)]
+    return [sys.executable, "-m", "nvflare.cli", "simulator", str(job_dir), "-w", str(workspace), *which,
+            "-t", str(threads or count)]  # fmt: skip
 
 
 def _parse_value(text: str) -> Any:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 
 from fedmrg.fl.state_files import load_state
 from fedmrg.fl.toy_learner import ToyLearner
-from fedmrg.job import prepare_workspace
+from fedmrg.job import prepare_workspace, simulator_command
 from fedmrg.paths import REPO_ROOT
 from fedmrg.privacy.secure_aggregation import fixed_point
 from fedmrg.privacy.secure_aggregation.job_variant import MASK_FILTER, enable_in_job
@@ -64,7 +63,7 @@ def _make_job(tmp: Path, toy: dict, *, min_clients: int, wait: int) -> Path:
 def _simulate(job: Path, ws: Path) -> subprocess.CompletedProcess:
     prepare_workspace(job, ws, extra=["delta_recorder.DeltaRecorder"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "3", "-t", "3"]
+    cmd = simulator_command(job, ws, sites=3)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
 
 
