@@ -333,3 +333,36 @@ def test_bf16_warmup_lowers_the_loss_and_keeps_float32_weights() -> None:
                            bf16=True, progress=False)  # fmt: skip
     assert np.mean(losses[-5:]) < losses[0] - 1.0, (losses[0], losses[-5:])
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_warmup_rows_score_the_report_not_the_prompt() -> None:
+    recipe = tiny_recipe()
+    train, _ = warmup_corpus(recipe)
+    tok = lm.train_report_tokenizer(train, vocab_size=recipe.tokenizer.vocab_size)
+    texts = train[:3]
+    prompts = [[5, 6, 7], None, [8] * 40]
+    rows, unscored = lm.report_rows(tok, texts, max_len=30, prompts=prompts)
+    report = tok(texts[0], add_special_tokens=False)["input_ids"]
+    assert rows[0][:4] == [5, 6, 7, tok.bos_token_id] and rows[0][4:] == (report + [tok.eos_token_id])[:26]
+    assert unscored == [4, 1, 41] and len(rows[2]) == 30  # the third prompt fills its row: nothing scored
+    ids, mask, labels = lm._batch(rows, unscored, tok.pad_token_id)
+    assert (labels[0, :4] == -100).all() and labels[0, 4:].tolist() == rows[0][4:]
+    assert labels[1, 1 : len(rows[1])].tolist() == rows[1][1:] and (labels[2] == -100).all()
+    assert mask.sum(1).tolist() == [len(r) for r in rows] and (ids[mask == 0] == tok.pad_token_id).all()
+    model = initial_decoder(tok, recipe)
+    with pytest.raises(ValueError, match="no report fits"):
+        lm.warm_up_lm(model, tok, texts[2:], steps=1, batch_size=1, seq_len=30, learning_rate=1e-3, seed=0,
+                      prompts=prompts[2:], progress=False)  # fmt: skip
+
+
+def test_prompted_warmup_teaches_the_decoder_to_read_the_prompt(tmp_path: Path) -> None:
+    """With every report prompted by its findings, the report is likelier after its own prompt than another's."""
+    recipe = replace(
+        tiny_recipe(),
+        tokenizer=replace(tiny_recipe().tokenizer, vocab_size=800, use_lexicon=True),
+        warmup=replace(tiny_recipe().warmup, steps=400, seq_len=160, prompted_fraction=1.0),
+    )
+    stats = ensure_builtin_models(tmp_path, recipe=recipe, progress=False).manifest()["stats"]
+    own, wrong = stats["heldout_prompted_loss_after"], stats["heldout_wrong_prompt_loss_after"]
+    assert np.isfinite(stats["warmup_final_train_loss"])
+    assert own < wrong - 0.2, (own, wrong)  # measured 0.51 vs 0.92 nats/token; 3.27 vs 3.27 unprompted

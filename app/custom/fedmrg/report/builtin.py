@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Bump when the builder's code changes what it produces for the same recipe.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3  # 3: warm-up on one report per row, prompt not scored
 #: Manifest written last into a finished build; its presence marks the build complete.
 MANIFEST = "builtin.json"
 _LIBRARIES = ("torch", "transformers", "tokenizers")
@@ -251,8 +251,8 @@ def _build(
     tok_texts = list(train)
     if recipe.tokenizer.use_lexicon:  # each lexicon line min_frequency times, so its words' merges are eligible
         tok_texts += lexicon_lines() * recipe.tokenizer.min_frequency
-    if recipe.warmup.prompted_fraction > 0:  # the prompt's words, as often as a frequent corpus word
-        tok_texts += [PROMPT_VOCABULARY] * max(1, len(train) // 10)
+    # the diagnosis prompt's words, as often as a frequent corpus word: FedMRG writes them in every prompt
+    tok_texts += [PROMPT_VOCABULARY] * max(1, len(train) // 10)
     tokenizer = lm.train_report_tokenizer(
         tok_texts,
         vocab_size=recipe.tokenizer.vocab_size,
@@ -296,6 +296,11 @@ def _build(
         stats["warmup_final_train_loss"] = losses[-1]
     if heldout:
         stats["heldout_loss_after"] = lm.lm_loss(model, tokenizer, heldout)
+    if heldout and w.steps and w.prompted_fraction > 0:  # how much the findings list tells the decoder
+        own = labels_word_prompts(tokenizer, heldout, fraction=1.0, seed=recipe.seed)
+        shifted = own[1:] + own[:1]  # each report prompted with the next one's findings
+        stats["heldout_prompted_loss_after"] = lm.lm_loss(model, tokenizer, heldout, prompts=own)
+        stats["heldout_wrong_prompt_loss_after"] = lm.lm_loss(model, tokenizer, heldout, prompts=shifted)
         stats["heldout_perplexity_before"] = lm.perplexity(stats["heldout_loss_before"])
         stats["heldout_perplexity_after"] = lm.perplexity(stats["heldout_loss_after"])
     model.save_pretrained(str(out / "decoder"))

@@ -67,7 +67,7 @@ class DecoderRecipe:
 @dataclass(frozen=True)
 class WarmupRecipe:
     """LM pretraining on the corpus (:func:`fedmrg.report.builtin_lm.warm_up_lm`); ``steps = 0`` keeps random
-    weights. ``batch_size`` sequences of ``seq_len`` tokens per step; peak learning rate ``learning_rate``.
+    weights; peak learning rate ``learning_rate``.
 
     ``label_smoothing`` keeps the decoder from becoming over-confident in the neutral corpus's few phrasings: measured
     at hidden 128 / 2 layers / 100 steps, 0.1 lowered the loss on unseen site-style reports from 5.77 to 5.64 and on
@@ -76,14 +76,20 @@ class WarmupRecipe:
     ``prompted_fraction`` of the reports (drawn with ``seed``) are preceded by their diagnosis prompt written in words
     (:meth:`fedmrg.report.diagnosis_prompt.DiagnosisPrompt.word_ids`, states from the labeler), so that the decoder,
     like a pretrained LLM reading "cardiomegaly: positive", can follow a findings list; it never sees the state
-    tokens, images or a site's style."""
+    tokens, images or a site's style. The rest teach it to write without a prompt (baselines without diagnosis
+    prompts). CE-F1 of the decoder's reports for held-out reports with their own prompt vs a shuffled one
+    (``scripts/lm_prompt_following.py``): 0.481 vs 0.169 for this recipe (100 reports; unprompted held-out loss 0.56
+    nats/token). Sweeps at 180 steps, 60 reports: 0.291 vs 0.106 at 0.75; 0.465 vs 0.116 at 1.0, where the decoder
+    can no longer write unprompted (3.5 nats/token).
+
+    Each step trains on ``batch_size`` reports, one per row of at most ``seq_len`` tokens (prompt included)."""
 
     steps: int = 180
     batch_size: int = 16
     seq_len: int = 128
     learning_rate: float = 1e-3
     label_smoothing: float = 0.1
-    prompted_fraction: float = 0.5
+    prompted_fraction: float = 0.9
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -157,7 +163,9 @@ def tiny_recipe(seed: int = 0) -> BuiltinRecipe:
         corpus=CorpusRecipe(n_reports=300, n_heldout=60),
         tokenizer=TokenizerRecipe(vocab_size=400, use_lexicon=False),
         decoder=DecoderRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=512),
-        warmup=WarmupRecipe(steps=100, batch_size=8, seq_len=64, learning_rate=3e-3, precision="fp32"),
+        warmup=WarmupRecipe(
+            steps=100, batch_size=8, seq_len=64, learning_rate=3e-3, prompted_fraction=0.0, precision="fp32"
+        ),
         encoder=EncoderRecipe(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1)),
     )
 
