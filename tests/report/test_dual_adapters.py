@@ -63,6 +63,31 @@ def test_alpha_mix_equals_manual_computation_on_one_layer(make_config, randomize
     assert adapter_plan("mixed", alpha=0.3) == {GENERIC: 0.3, SPEC_GLOBAL: 0.7, SPEC_LOCAL: 0.7}
 
 
+def test_nested_adapter_contexts_restore_the_enclosing_mode(make_config, randomize_adapters):
+    model = _model(make_config, alpha_mix=0.3)
+    randomize_adapters(model)
+    layer = model.lm.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        outputs = {}
+        for mode in ("generic", "specialized", "mixed"):
+            with model.use_adapters(mode):
+                outputs[mode] = layer(x)
+        with model.use_adapters("specialized"):
+            with model.use_adapters("generic"):
+                assert torch.allclose(layer(x), outputs["generic"], atol=1e-6)
+            assert torch.allclose(layer(x), outputs["specialized"], atol=1e-6)  # back to S, not to the resting G
+            with model.use_adapters("specialized"):  # same mode: no switch, still S afterwards
+                assert torch.allclose(layer(x), outputs["specialized"], atol=1e-6)
+            assert torch.allclose(layer(x), outputs["specialized"], atol=1e-6)
+        assert torch.allclose(layer(x), outputs["generic"], atol=1e-6)
+    model.set_phase("specialized")  # trainability follows the phase after switches, not PEFT's set_adapter
+    with model.use_adapters("generic"):
+        pass
+    trainable = {model.role_of(n) for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"spec_local"}
+
+
 def test_generic_only_inference_differs_from_the_mix_once_s_differs(make_config, make_batch, randomize_adapters):
     model = _model(make_config).eval()
     randomize_adapters(model, scale=0.3)

@@ -160,6 +160,10 @@ class FedMRGModel(nn.Module):
         )
         self.decoder = attach_adapters(loaded.model, config)
         self._phase: Phase = "generic"
+        self._adapters: AdapterMode = "generic"  # what the decoder runs now (attach_adapters leaves G active)
+        # every parameter with its role, once: phases switch several times per step, and walking and parsing the
+        # parameter names each time was 8 % of a demo step (cProfile)
+        self._roles: list[tuple[nn.Parameter, Role]] = [(p, self.role_of(n)) for n, p in self.named_parameters()]
         self._apply_phase()
 
     # ------------------------------------------------------------------ structure
@@ -206,8 +210,8 @@ class FedMRGModel(nn.Module):
         self._apply_phase()
 
     def _apply_phase(self) -> None:
-        for name, param in self.named_parameters():
-            param.requires_grad_(self.is_trainable(self.role_of(name), self._phase))
+        for param, role in self._roles:
+            param.requires_grad_(self.is_trainable(role, self._phase))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter that trains in some phase (give these to the optimizer; frozen ones are left out)."""
@@ -218,21 +222,29 @@ class FedMRGModel(nn.Module):
     def use_adapters(self, mode: AdapterMode) -> Iterator[None]:
         """Run the decoder with G (``"generic"``), S1 + S2 (``"specialized"``) or the alpha-mix (``"mixed"``).
 
-        Models without S run their single adapter for ``"generic"`` and ``"mixed"``; ``"specialized"`` raises.
+        Models without S run their single adapter for ``"generic"`` and ``"mixed"``; ``"specialized"`` raises. The
+        adapters switch only when ``mode`` differs from the running one, and switch back on exit.
         """
+        plan = adapter_plan(mode, alpha=self.config.alpha_mix)  # validates the name
         if not self.has_specialized:
             if mode == "specialized":
                 raise ValueError(f"`method: {self.config.method}` has no specialized adapter")
-            adapter_plan(mode, alpha=self.config.alpha_mix)  # validates the name
             yield
             return
-        activate(self.decoder, adapter_plan(mode, alpha=self.config.alpha_mix))
-        self._apply_phase()
+        previous = self._adapters
+        if mode == previous:
+            yield
+            return
+        self._switch_adapters(mode, plan)
         try:
             yield
         finally:
-            activate(self.decoder, adapter_plan("generic", alpha=self.config.alpha_mix))
-            self._apply_phase()
+            self._switch_adapters(previous, adapter_plan(previous, alpha=self.config.alpha_mix))
+
+    def _switch_adapters(self, mode: AdapterMode, plan: dict[str, float]) -> None:
+        activate(self.decoder, plan)
+        self._adapters = mode
+        self._apply_phase()  # PEFT's set_adapter flips requires_grad
 
     # ------------------------------------------------------------------ encoding
     def encode(self, images: torch.Tensor, views: torch.Tensor | None = None) -> EncodedImages:
