@@ -208,8 +208,8 @@ def warm_up_lm(
     target, as in FedMRG's own layout (:mod:`fedmrg.report.prompt_layout`). Rows, not packed sequences, because the
     decoder must learn to read the prompt before its report: with the default recipe's 180 steps, packed 128-token
     sequences scored on every token gave a decoder that ignores the prompt (CE-F1 of its reports 0.144 with their own
-    prompts vs 0.144 with shuffled ones, 60 held-out reports), rows scored on the report 0.481 vs 0.169 (100 reports;
-    ``scripts/lm_prompt_following.py``).
+    prompts vs 0.144 with shuffled ones, 60 held-out reports, batch 16), rows scored on the report 0.481 vs 0.169 (100
+    reports, batch 16; ``scripts/lm_prompt_following.py``).
 
     AdamW (weight decay 0.01), 10 % linear warm-up then cosine decay, gradient norm clipped to 1, next-token
     cross-entropy with ``label_smoothing`` (0 = plain LM loss). Batches are drawn without replacement per epoch from a

@@ -78,14 +78,16 @@ class WarmupRecipe:
     like a pretrained LLM reading "cardiomegaly: positive", can follow a findings list; it never sees the state
     tokens, images or a site's style. The rest teach it to write without a prompt (baselines without diagnosis
     prompts). CE-F1 of the decoder's reports for held-out reports with their own prompt vs a shuffled one
-    (``scripts/lm_prompt_following.py``): 0.481 vs 0.169 for this recipe (100 reports; unprompted held-out loss 0.56
-    nats/token). Sweeps at 180 steps, 60 reports: 0.291 vs 0.106 at 0.75; 0.465 vs 0.116 at 1.0, where the decoder
-    can no longer write unprompted (3.5 nats/token).
+    (``scripts/lm_prompt_following.py``): 0.488 vs 0.206 for this recipe (100 reports; unprompted held-out loss 0.58
+    nats/token). Sweeps at 180 steps, batch 16, 60 reports: 0.291 vs 0.106 at 0.75; 0.465 vs 0.116 at 1.0, where the
+    decoder can no longer write unprompted (3.5 nats/token).
 
-    Each step trains on ``batch_size`` reports, one per row of at most ``seq_len`` tokens (prompt included)."""
+    Each step trains on ``batch_size`` reports, one per row of at most ``seq_len`` tokens (prompt included). Batch 12
+    follows as well as 16 (0.488 vs 0.481 own-prompt CE-F1) and warms up in 36 s instead of 52 s; batch 8 does not
+    (0.344)."""
 
     steps: int = 180
-    batch_size: int = 16
+    batch_size: int = 12
     seq_len: int = 128
     learning_rate: float = 1e-3
     label_smoothing: float = 0.1
