@@ -133,6 +133,9 @@ def test_tiny_build_is_complete_and_loads(tiny_build: BuiltinModels) -> None:
     decoder = AutoModelForCausalLM.from_pretrained(tiny_build.decoder_dir)
     assert decoder.config.vocab_size == len(tok) == manifest["stats"]["vocab_size"]
     assert sum(p.numel() for p in decoder.parameters()) == manifest["stats"]["decoder_parameters"]
+    stats = manifest["stats"]  # the tiny recipe has no prompted warm-up: perplexities yes, prompt losses no
+    assert stats["heldout_perplexity_after"] == pytest.approx(np.exp(stats["heldout_loss_after"]))
+    assert "heldout_prompted_loss_after" not in stats
     encoder = ResNetModel.from_pretrained(tiny_build.encoder_dir)
     out = encoder(torch.rand(2, 3, 64, 64))
     sizes = tiny_recipe().encoder.hidden_sizes

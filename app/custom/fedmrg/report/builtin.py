@@ -296,13 +296,13 @@ def _build(
         stats["warmup_final_train_loss"] = losses[-1]
     if heldout:
         stats["heldout_loss_after"] = lm.lm_loss(model, tokenizer, heldout)
+        stats["heldout_perplexity_before"] = lm.perplexity(stats["heldout_loss_before"])
+        stats["heldout_perplexity_after"] = lm.perplexity(stats["heldout_loss_after"])
     if heldout and w.steps and w.prompted_fraction > 0:  # how much the findings list tells the decoder
         own = labels_word_prompts(tokenizer, heldout, fraction=1.0, seed=recipe.seed)
         shifted = own[1:] + own[:1]  # each report prompted with the next one's findings
         stats["heldout_prompted_loss_after"] = lm.lm_loss(model, tokenizer, heldout, prompts=own)
         stats["heldout_wrong_prompt_loss_after"] = lm.lm_loss(model, tokenizer, heldout, prompts=shifted)
-        stats["heldout_perplexity_before"] = lm.perplexity(stats["heldout_loss_before"])
-        stats["heldout_perplexity_after"] = lm.perplexity(stats["heldout_loss_after"])
     model.save_pretrained(str(out / "decoder"))
     lm.save_tokenizer(tokenizer, out / "decoder")
 
