@@ -1,40 +1,56 @@
-"""``fedmrg job``: job variants without copied JSON, and the simulator workspace's component allow-list.
+"""``fedmrg job``: job variants without copied JSON, code-free jobs and their sites' class allow-list.
 
-FLARE 2.9 builds only components whose class is on the site's allow-list (``<workspace>/local/resources.json``,
-``class_allow_list``; the built-in default knows only NVFlare's own classes), unless the job ships custom code. Our
-jobs ship none (the ``fedmrg`` package is installed at every site), so a workspace must allow ``fedmrg.`` and the
-exact NVFlare classes the job uses:
+Two ways to let FLARE 2.9 build our classes (a component's class is either on the site's ``class_allow_list`` in
+``local/resources.json``, whose built-in default names NVFlare's own classes only, or the job carries custom code):
 
-    fedmrg job workspace jobs/fedmrg -w /tmp/ws         # writes /tmp/ws/local/resources.json
-    nvflare simulator jobs/fedmrg -w /tmp/ws -n 3 -t 3
+- **BYOC (the default)**: ``jobs/*/app/custom/`` holds one note (:data:`BYOC_NOTE`), so FLARE treats the job as
+  carrying custom code and skips its allow-list: ``nvflare simulator jobs/fedmrg`` works with no prior step. The code
+  itself is the ``fedmrg`` package installed at every site. In a provisioned federation the submitter then needs the
+  ``byoc`` right of the sites' ``authorization.json``.
+- **code-free** (sites that refuse custom code): ``fedmrg job variant jobs/fedmrg --out DIR --code-free`` drops
+  ``app/custom/``; each site allow-lists the job's classes, ``fedmrg job workspace DIR -w <site or simulator
+  workspace>`` (writes ``local/resources.json``).
 
 A variant is the base job plus a few overrides, written to a new folder (the base stays the single source)::
 
     fedmrg job variant jobs/fedmrg --out jobs/generated/fedlora \\
         --set rounds=6 --set learner.overrides.method=fedlora --set learner.local_steps=16
 
-Keys of ``--set`` (values are JSON, else strings):
+Keys of ``--set`` (values are JSON, else strings; the order of the options never matters, a key may be given once):
 
-- ``rounds``: the ScatterAndGather workflow's ``num_rounds`` and the learner's ``training.rounds`` (its schedule);
+- ``rounds``: the ScatterAndGather workflow's ``num_rounds``; the learner's ``overrides.training.rounds`` (its
+  learning-rate schedule) always follows the workflow's rounds;
 - ``min_clients``: the workflow's and meta.json's ``min_clients``;
-- ``learner.<a.b.c>``: the learner's arguments at every site; ``config`` and ``overrides.*`` also on the server's
-  persistor (both sides must build the same model);
-- ``client.<a.b.c>``: other executor arguments (e.g. ``client.private_dir``);
-- ``server.<component id>.<a.b.c>``: arguments of a server component or workflow (e.g. ``server.model_selector.key_metric``);
+- ``learner.<arg>[.<a.b>]``: the learner's arguments at every site (checked against the learner class's ``__init__``);
+  ``config`` and ``overrides`` also on the server's persistor (both sides build the same model); ``overrides`` is
+  checked against the run configuration it is merged into (``learner.config``, default the packaged ``default.yaml``);
+- ``client.<arg>[.<a.b>]``: other executor arguments (e.g. ``client.private_dir``);
+- ``server.<component id>.<arg>[.<a.b>]``: arguments of a server component or workflow (e.g.
+  ``server.model_selector.key_metric``);
 - ``site_dp=true`` and ``site_dp.<argument>`` (``clip_norm``, ``noise_multiplier``, ``delta``, ``max_epsilon``, ...):
   switch the site-level DP-FedAvg filter on at every site (:class:`fedmrg.privacy.site_dp_filter.SiteDPFilter`);
 - ``secure_aggregation=true`` and ``secure_aggregation.<option>`` (``clip_norm``, ``max_weight``, ``threshold``,
   ``min_sites``, ``identity``): switch pairwise-masked secure aggregation on
   (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
+
+Every argument name is checked against its class's ``__init__`` and its annotated type, so a misspelt key is refused
+when the variant is written, naming the key and the allowed ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
+import inspect
 import json
+import re
 import shutil
 import sys
+import tempfile
+import typing
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +62,22 @@ OWN_PREFIX = "fedmrg."
 SITE_DP = "fedmrg.privacy.site_dp_filter.SiteDPFilter"
 #: learner arguments the server's persistor needs too (it builds the initial model from them)
 SERVER_LEARNER_ARGS = ("config", "overrides")
+#: the folder whose presence makes FLARE treat a job as carrying custom code (``DefaultAppValidator``: BYOC)
+CUSTOM_DIR = Path("app/custom")
+BYOC_NOTE_NAME = "README.md"
+BYOC_NOTE = """# Custom-code folder of a FedMRG job
+
+FLARE 2.9 builds a job's component classes only if they are on each site's `class_allow_list`
+(`local/resources.json`) or if the job carries custom code, that is, has an `app/custom/` folder.
+This folder makes the job such a job (BYOC), so `nvflare simulator` and a POC run it with no
+prior setup. It holds no code: every class is imported from the `fedmrg` package installed at
+each site (`pip install fedmrg`). A provisioned site runs BYOC jobs only for submitters with
+the `byoc` right in its `authorization.json`.
+
+Sites that refuse custom code: submit the code-free variant
+(`fedmrg job variant <job> --out <dir> --code-free`) and allow-list its classes with
+`fedmrg job workspace <dir> -w <site folder>`. See docs/jobs.md.
+"""
 #: ``learner.overrides`` for a smoke run in seconds: the tiny built-in models (a few thousand parameters), 32 px
 #: images, 8 generated tokens, tiny memory bank and batches (tests, POC drills); ``--set learner.overrides=<JSON>``
 TINY_MODEL_OVERRIDES: dict[str, Any] = {
@@ -134,7 +166,283 @@ def _set(node: dict[str, Any], dotted: str, value: Any, where: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{where}: `{key}` in `{dotted}` is not a mapping")
         node = child
-    node[leaf] = value
+    node[leaf] = copy.deepcopy(value)
+
+
+def _get(node: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+@dataclass
+class JobOverrides:
+    """Every ``--set KEY=VALUE`` of a variant, parsed once and applied in one fixed order (see :meth:`apply`).
+
+    The order of ``--set`` options never matters: within a section a key is applied before the keys below it
+    (``learner.overrides=<JSON>`` replaces the mapping, then ``learner.overrides.training.batch_size=2`` edits it), and
+    ``rounds`` is applied last to both the workflow and the learner's schedule. A key given twice is refused.
+
+    Attributes:
+        rounds: the workflow's ``num_rounds``; the learner's ``overrides.training.rounds`` always follows it.
+        min_clients: the workflow's and ``meta.json``'s ``min_clients``.
+        learner: ``{dotted key below learner_args: value}`` (every site; ``config`` / ``overrides`` also the server).
+        client: ``{dotted key below the executor's args: value}``.
+        server: ``{(component id, dotted key below its args): value}``.
+        site_dp: arguments of the site-level DP filter (``enabled`` for ``site_dp`` itself).
+        secure_aggregation: None (untouched) or its options (``on`` for ``secure_aggregation`` itself).
+    """
+
+    rounds: int | None = None
+    min_clients: int | None = None
+    learner: dict[str, Any] = field(default_factory=dict)
+    client: dict[str, Any] = field(default_factory=dict)
+    server: dict[tuple[str, str], Any] = field(default_factory=dict)
+    site_dp: dict[str, Any] = field(default_factory=dict)
+    secure_aggregation: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, sets: Iterable[str]) -> JobOverrides:
+        """Parse ``key=value`` strings (values are JSON, else strings); ConfigError naming the item on bad syntax."""
+        out, seen = cls(), set()
+        for item in sets:
+            key, sep, text = item.partition("=")
+            if not sep or not key or any(not part for part in key.split(".")):
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY")
+            if key in seen:
+                raise ConfigError(f"--set {key}: given twice; keep one")
+            seen.add(key)
+            value = _parse_value(text)
+            head, _, sub = key.partition(".")
+            if key in ("rounds", "min_clients"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"--set {key}: must be an int >= 1, got {text!r}")
+                setattr(out, key, value)
+            elif head in ("learner", "client") and sub:
+                getattr(out, head)[sub] = value
+            elif head == "server":
+                comp_id, _, arg = sub.partition(".")
+                if not arg:
+                    raise ConfigError(f"--set {item!r}: expected server.<component id>.<argument>")
+                out.server[(comp_id, arg)] = value
+            elif head == "site_dp":
+                out.site_dp[sub or "enabled"] = value
+            elif head == "secure_aggregation":
+                out.secure_aggregation = out.secure_aggregation or {}
+                out.secure_aggregation[sub or "on"] = value
+            else:
+                raise ConfigError(
+                    f"--set {item!r}: unknown key; use rounds, min_clients, learner.<arg>, client.<arg>, "
+                    "server.<component id>.<arg>, site_dp[.<arg>] or secure_aggregation[.<option>]"
+                )
+        return out
+
+    def apply(self, meta: dict[str, Any], server: dict[str, Any], client: dict[str, Any]) -> None:
+        """Edit the three job files' contents in place; then :func:`check_job` validates the result."""
+        executor = client["executors"][0]["executor"].setdefault("args", {})
+        workflow = server["workflows"][0].setdefault("args", {})
+        persistor = _component(server, workflow.get("persistor_id", "persistor"))
+        if self.min_clients is not None:
+            workflow["min_clients"] = meta["min_clients"] = self.min_clients
+        learner_args = executor.setdefault("learner_args", {})
+        for dotted, value in _shallow_first(self.learner):
+            _set(learner_args, dotted, value, f"--set learner.{dotted}")
+        for dotted, value in _shallow_first(self.client):
+            _set(executor, dotted, value, f"--set client.{dotted}")
+        for (comp_id, dotted), value in sorted(self.server.items(), key=lambda kv: (kv[0][1].count("."), kv[0])):
+            _set(_component(server, comp_id), dotted, value, f"--set server.{comp_id}.{dotted}")
+        for arg, value in sorted(self.site_dp.items()):
+            _set_site_dp(client, arg, value)
+        if self.rounds is not None:
+            workflow["num_rounds"] = self.rounds
+        # the server's persistor builds the same model as the sites: same configuration and overrides
+        if "learner_path" in persistor:
+            for arg in SERVER_LEARNER_ARGS:
+                if arg in learner_args:
+                    persistor.setdefault("learner_args", {})[arg] = copy.deepcopy(learner_args[arg])
+        typed: dict[str, Any] = {}  # what the user's learner.* keys set, to tell an explicit schedule apart
+        for dotted, value in _shallow_first(self.learner):
+            _set(typed, dotted, value, f"--set learner.{dotted}")
+        sync_schedule(server, client, explicit=_get(typed, "overrides.training.rounds") is not None)
+        if self.secure_aggregation is not None:
+            options = dict(self.secure_aggregation)
+            if options.pop("on", True) is True:
+                from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
+
+                apply_secure_aggregation(server, client, options)
+            elif options:
+                raise ConfigError("--set secure_aggregation.<option> given with secure_aggregation=false")
+
+
+def _shallow_first(items: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` pairs, a key before the keys below it (``a`` before ``a.b``), else alphabetical."""
+    return sorted(items.items(), key=lambda kv: (kv[0].count("."), kv[0]))
+
+
+def _learner_takes_overrides(learner_path: str) -> bool:
+    return {"config", "overrides"} <= set(init_parameters(_import(learner_path, "learner_path")))
+
+
+def sync_schedule(server: dict[str, Any], client: dict[str, Any], *, explicit: bool = False) -> None:
+    """Make every learner's ``overrides.training.rounds`` (its learning-rate schedule) equal the workflow's rounds.
+
+    ``explicit``: the user set ``learner.overrides.training.rounds`` themselves; a value other than the workflow's
+    ``num_rounds`` is then refused (the schedule would end early, or never decay), naming the remedy.
+    """
+    workflow = server["workflows"][0].setdefault("args", {})
+    rounds = workflow.get("num_rounds")
+    if rounds is None:
+        return
+    holders = [e.get("executor", {}).get("args", {}) for e in client.get("executors", [])]
+    holders += [c.get("args", {}) for c in server.get("components", [])]
+    for args in holders:
+        if "learner_path" not in args or not _learner_takes_overrides(args["learner_path"]):
+            continue
+        learner_args = args.setdefault("learner_args", {})
+        current = _get(learner_args, "overrides.training.rounds")
+        if explicit and current is not None and current != rounds:
+            raise ConfigError(
+                f"--set learner.overrides.training.rounds={current} contradicts the workflow's num_rounds={rounds}; "
+                f"use --set rounds=N (it sets both)"
+            )
+        _set(learner_args, "overrides.training.rounds", rounds, "learner_args")
+
+
+def _import(path: str, what: str) -> type:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{what} {path!r}: cannot import it ({e})") from e
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Named ``__init__`` parameters of ``cls``; a ``*args, **kwargs`` constructor adds its bases' (as FLARE does)."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        sig = inspect.signature(klass.__init__)
+        for name, p in sig.parameters.items():
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                params.setdefault(name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return params
+
+
+def check_args(path: str, args: dict[str, Any], *, where: str, prefix: str) -> None:
+    """Refuse ``args`` the class at ``path`` does not take, or of the wrong type (from its ``__init__`` annotations).
+
+    ``prefix``: how the user names these arguments (``learner.``, ``server.persistor.``), for the message.
+    """
+    cls = _import(path, "component class")
+    params = init_parameters(cls)
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass) and klass is not object:
+            try:
+                hints.update(typing.get_type_hints(klass.__init__))
+            except Exception:  # noqa: BLE001  (annotations naming types only imported for type checkers)
+                continue
+    fields_ = [(n, hints.get(n, Any), field(default=None)) for n in params]
+    mirror = make_dataclass(f"{cls.__name__}Args", fields_)
+    from fedmrg.config import from_dict
+
+    from_dict(mirror, dict(args), source=f"{where} ({path})", _prefix=prefix)
+
+
+def _placeholder_model_dirs(data: dict[str, Any], placeholder: str) -> dict[str, Any]:
+    """``data`` with every model-directory field set to ``placeholder``: a site's own directories (or the built-in
+    models, built on first use) are checked where the job runs, not where the variant is written."""
+    from fedmrg.report.config import FedMRGConfig
+
+    out = copy.deepcopy(data)
+    for section, tp in typing.get_type_hints(FedMRGConfig).items():
+        if is_dataclass(tp) and isinstance(out.get(section), dict):
+            for f in fields(tp):
+                if f.metadata.get("path") and out[section].get(f.name) is not None:
+                    out[section][f.name] = placeholder
+    return out
+
+
+def check_learner_overrides(learner_args: dict[str, Any], *, where: str) -> None:
+    """Validate ``overrides`` merged into the learner's run configuration (``config``, default ``default.yaml``)
+    against the run-configuration dataclasses; the message names the key as ``learner.overrides.<key>``."""
+    from fedmrg.config import load_yaml
+    from fedmrg.report.run_config import packaged_config, run_config_from_dict
+
+    name = learner_args.get("config", "default.yaml")
+    overrides = learner_args.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: `learner.overrides` must be a mapping, got {type(overrides).__name__}")
+    path = Path(name)
+    path = path if path.is_file() else packaged_config(name)
+    data = _merge(load_yaml(path), overrides)
+    with tempfile.TemporaryDirectory() as placeholder:
+        try:
+            run_config_from_dict(_placeholder_model_dirs(data, placeholder), source="<overrides>", progress=False)
+        except ConfigError as e:
+            # name keys as the user writes them (learner.overrides.<key>), not as the YAML does
+            msg = re.sub(r"`([A-Za-z_][\w.\[\]]*)`", r"`learner.overrides.\1`", str(e).removeprefix("<overrides>: "))
+            raise ConfigError(f"{where}: {msg} (learner.overrides are merged into {path.name})") from e
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_job(job_dir: str | Path, *, where: str | None = None) -> None:
+    """Validate a job folder the way its sites will build it: every component's arguments against its class's
+    ``__init__`` (names and annotated types), the learner's arguments against the learner class, its run-configuration
+    ``overrides`` against the run-configuration dataclasses, and the schedule (``overrides.training.rounds``) against
+    the workflow's ``num_rounds``. ConfigError naming the key as ``--set`` spells it, and the remedy."""
+    job = Path(job_dir)
+    where = where or str(job)
+    server, client = _read(job / SERVER_CONFIG), _read(job / CLIENT_CONFIG)
+    rounds = server["workflows"][0].get("args", {}).get("num_rounds")
+    for side, cfg in (("server", server), ("client", client)):
+        for comp in [*cfg.get("components", []), *cfg.get("workflows", [])]:
+            _check_component(comp, where, f"server.{comp.get('id')}." if side == "server" else f"{side}.")
+        for entry in cfg.get("executors", []):
+            _check_component(entry["executor"], where, "client.")
+        for chain in ("task_data_filters", "task_result_filters"):
+            for group in cfg.get(chain, []):
+                for f in group.get("filters", []):
+                    name = "site_dp" if f.get("path") == SITE_DP else f"{side} {chain} {f.get('path', '')}"
+                    _check_component(f, where, f"{name}.")
+    for args in _learner_holders(server, client):
+        learner_args = args.get("learner_args") or {}
+        check_args(args["learner_path"], learner_args, where=where, prefix="learner.")
+        if _learner_takes_overrides(args["learner_path"]):
+            check_learner_overrides(learner_args, where=where)
+            schedule = _get(learner_args, "overrides.training.rounds")
+            if schedule != rounds:
+                raise ConfigError(f"{where}: learner.overrides.training.rounds={schedule} but the workflow runs "
+                                  f"num_rounds={rounds}; use --set rounds=N (it sets both)")  # fmt: skip
+        synthetic = learner_args.get("synthetic")
+        if isinstance(synthetic, dict):
+            from fedmrg.config import from_dict
+            from fedmrg.data.synthetic_federation import SyntheticSpec
+
+            from_dict(SyntheticSpec, synthetic, source=where, _prefix="learner.synthetic.")
+
+
+def _learner_holders(server: dict[str, Any], client: dict[str, Any]) -> list[dict[str, Any]]:
+    holders = [e.get("executor", {}).get("args", {}) for e in client.get("executors", [])]
+    holders += [c.get("args", {}) for c in server.get("components", [])]
+    return [a for a in holders if a.get("learner_path")]
+
+
+def _check_component(comp: dict[str, Any], where: str, prefix: str) -> None:
+    path = comp.get("path") or comp.get("class_path")
+    if path:
+        check_args(path, comp.get("args") or {}, where=where, prefix=prefix)
 
 
 def _component(server: dict[str, Any], comp_id: str) -> dict[str, Any]:
@@ -146,49 +454,18 @@ def _component(server: dict[str, Any], comp_id: str) -> dict[str, Any]:
 
 
 def apply_overrides(job_dir: str | Path, sets: Iterable[str]) -> None:
-    """Apply ``key=value`` overrides (see the module docstring) to the job folder in place."""
+    """Apply ``key=value`` overrides (see :class:`JobOverrides` and the module docstring) to the job folder in place,
+    then validate the result (:func:`check_job`); the files are written only if it is valid."""
     job = Path(job_dir)
+    overrides = JobOverrides.parse(sets)
     meta, server, client = _read(job / "meta.json"), _read(job / SERVER_CONFIG), _read(job / CLIENT_CONFIG)
-    executor = client["executors"][0]["executor"].setdefault("args", {})
-    workflow = server["workflows"][0].setdefault("args", {})
-    persistor = _component(server, workflow.get("persistor_id", "persistor"))
-    secagg: dict = {}
-    for item in sets:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        value = _parse_value(text)
-        if key == "rounds":  # the learning-rate schedule spans the run
-            workflow["num_rounds"] = value
-            for args in (executor.setdefault("learner_args", {}), persistor.setdefault("learner_args", {})):
-                _set(args, "overrides.training.rounds", value, "learner_args")
-        elif key == "min_clients":
-            workflow["min_clients"] = meta["min_clients"] = value
-        elif key.startswith("learner."):
-            sub = key.removeprefix("learner.")
-            _set(executor.setdefault("learner_args", {}), sub, value, str(CLIENT_CONFIG))
-            if sub.split(".")[0] in SERVER_LEARNER_ARGS:
-                _set(persistor.setdefault("learner_args", {}), sub, value, str(SERVER_CONFIG))
-        elif key.startswith("client."):
-            _set(executor, key.removeprefix("client."), value, str(CLIENT_CONFIG))
-        elif key.startswith("server."):
-            comp_id, _, sub = key.removeprefix("server.").partition(".")
-            if not sub:
-                raise ConfigError(f"--set {item!r}: expected server.<component id>.<argument>")
-            _set(_component(server, comp_id), sub, value, str(SERVER_CONFIG))
-        elif key == "site_dp" or key.startswith("site_dp."):
-            _set_site_dp(client, key.partition(".")[2] or "enabled", value)
-        elif key == "secure_aggregation" or key.startswith("secure_aggregation."):
-            secagg[key.partition(".")[2] or "on"] = value
-        else:
-            raise ConfigError(
-                f"--set {item!r}: unknown key; use rounds, min_clients, learner.*, client.*, server.*, site_dp[.*] "
-                "or secure_aggregation[.*]"
-            )
-    if secagg.pop("on", bool(secagg)):
-        from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
-
-        apply_secure_aggregation(server, client, secagg)
+    overrides.apply(meta, server, client)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "job"
+        for path, data in ((trial / SERVER_CONFIG, server), (trial / CLIENT_CONFIG, client)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+        check_job(trial, where=f"variant of {job.name} with --set")
     for path, data in ((job / "meta.json", meta), (job / SERVER_CONFIG, server), (job / CLIENT_CONFIG, client)):
         path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -201,22 +478,52 @@ def _set_site_dp(client: dict[str, Any], arg: str, value: Any) -> None:
     if not filters:
         raise ConfigError(f"{CLIENT_CONFIG}: no {SITE_DP} in task_result_filters to set `site_dp.{arg}` on")
     for f in filters:
-        f.setdefault("args", {})[arg] = value
+        f.setdefault("args", {})[arg] = copy.deepcopy(value)
 
 
-def write_variant(base: str | Path, out: str | Path, sets: Iterable[str], *, overwrite: bool = False) -> Path:
-    """Copy the job folder ``base`` to ``out`` and apply ``sets``; the variant's name is the folder's name."""
+def write_variant(
+    base: str | Path, out: str | Path, sets: Iterable[str], *, overwrite: bool = False, code_free: bool = False
+) -> Path:
+    """Copy the job folder ``base`` to ``out`` and apply ``sets``; the variant's name is the folder's name.
+
+    ``code_free``: leave out ``app/custom/`` (FLARE then enforces the sites' class allow-list; see the module doc).
+    Nothing is written when an override is refused.
+    """
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    shutil.copytree(base, out)
-    meta = _read(out / "meta.json")
-    meta["name"] = out.name
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    apply_overrides(out, sets)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
+        trial = Path(tmp) / out.name
+        shutil.copytree(base, trial, ignore=shutil.ignore_patterns("job.py", "__pycache__"))
+        if code_free:
+            shutil.rmtree(trial / CUSTOM_DIR, ignore_errors=True)
+        meta = _read(trial / "meta.json")
+        meta["name"] = out.name
+        (trial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        apply_overrides(trial, sets)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(trial), out)
     return out
+
+
+def write_byoc_note(job_dir: str | Path) -> Path:
+    """Write :data:`BYOC_NOTE` into ``<job_dir>/app/custom/`` (makes the job BYOC for FLARE); returns its path."""
+    path = Path(job_dir) / CUSTOM_DIR / BYOC_NOTE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BYOC_NOTE)
+    return path
+
+
+def is_byoc(job_dir: str | Path) -> bool:
+    """Whether FLARE treats the job's app as carrying custom code (its own validator: an ``app/custom`` folder)."""
+    from nvflare.private.fed.app.default_app_validator import DefaultAppValidator
+
+    err, info = DefaultAppValidator(site_type="client").validate(str(Path(job_dir) / "app"))
+    if err:
+        raise ConfigError(f"{job_dir}: {err}")
+    return bool(info.get("byoc"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -228,8 +535,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--out", type=Path, required=True, help="variant folder to write")
     v.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="an override")
     v.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    v.add_argument(
+        "--code-free",
+        action="store_true",
+        help="leave out app/custom/ for sites that refuse custom code (they allow-list the classes)",
+    )
     v.set_defaults(func=_variant_cmd)
-    w = sub.add_parser("workspace", help="write the simulator workspace's class allow-list for a job")
+    w = sub.add_parser("workspace", help="write a site's (or simulator workspace's) class allow-list for a job")
     w.add_argument("job", type=Path, help="job folder, e.g. jobs/fedmrg")
     w.add_argument("-w", "--workspace", type=Path, required=True, help="the workspace given to `nvflare simulator -w`")
     w.add_argument("--allow", action="append", default=[], help="another class path to allow (e.g. a test filter)")
@@ -237,8 +549,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _variant_cmd(args: argparse.Namespace) -> int:
-    out = write_variant(args.base, args.out, args.sets, overwrite=args.overwrite)
-    print(f"wrote {out}")
+    out = write_variant(args.base, args.out, args.sets, overwrite=args.overwrite, code_free=args.code_free)
+    how = (
+        f"code-free: allow-list its classes with `fedmrg job workspace {out} -w <site>`"
+        if args.code_free
+        else ("carries app/custom/: FLARE skips the class allow-list")
+    )
+    print(f"wrote {out} ({how})")
     return 0
 
 
