@@ -9,7 +9,9 @@ An update is rejected (logged as an error with site, round and reason; not aggre
 
 Everything else is :class:`~nvflare.app_common.aggregators.intime_accumulate_model_aggregator.
 InTimeAccumulateWeightedAggregator` (same arguments, stored unchanged). The aggregated arrays are cast back to
-float32, the dtype of the shared-state contract.
+float32, the dtype of the shared-state contract. The reasons of the running round's rejections are kept in
+:attr:`FiniteUpdateAggregator.rejections` (site -> reason; cleared by :meth:`reset`) for the workflow's participation
+record.
 """
 
 from __future__ import annotations
@@ -31,12 +33,25 @@ from fedmrg.fl.learner import nonfinite_keys
 class FiniteUpdateAggregator(InTimeAccumulateWeightedAggregator):
     """Same arguments as ``InTimeAccumulateWeightedAggregator``; see the module docstring for the checks."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rejections: dict[str, str] = {}
+
+    def reset(self, fl_ctx: FLContext) -> None:
+        """Drop the running round's contributions and rejections (FLARE's parent clears them only in ``aggregate``;
+        a round that is re-run with too few valid updates must start empty)."""
+        super().reset(fl_ctx)
+        for dxo_aggregator in self.dxo_aggregators.values():
+            dxo_aggregator.reset_aggregation_helper()
+        self.rejections = {}
+
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         reason = self._reject_reason(shareable, fl_ctx)
         if reason:
             site = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
             r = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
             self.log_error(fl_ctx, f"REJECTED update from site {site} in round {r}: {reason}")
+            self.rejections[site] = f"update rejected: {reason}"
             return False
         return super().accept(shareable, fl_ctx)
 

@@ -15,19 +15,42 @@ site that only evaluates (``"role": "evaluate"``, e.g. the benchmark's unseen ho
 just to decline it. Such sites are left out of the ``train`` broadcast when they are named in ``evaluation_sites``,
 and from the round after they first decline (their reply carries the header ``FedHeaderKey.ROLE``); they still get
 the cross-site ``validate`` / ``submit_model`` tasks.
+
+Honest aggregation. A round is aggregated only when at least ``min_clients`` *valid* updates arrived: a reply with
+an error return code (missing data, a raised exception, a site refusing for its privacy budget), an update the
+aggregator rejects (NaN/Inf, wrong keys) and a site that sent nothing do not count. A failed or rejected reply does
+not close the round early either: the broadcast keeps waiting for the sites that have not answered. When a round
+ends with fewer valid updates, the global model is left unchanged and the round is re-run up to ``round_retries``
+times; after that the job stops with an error naming every site and why (no result / error / rejected / timeout).
+``min_clients: 1`` is the only way to let one site's update become the global model. Every round's participation
+(targets, valid sites, failed sites with reasons, missing sites) is published as the ``ROUND_PARTICIPATION`` event
+for :class:`~fedmrg.fl.run_summary.RunSummary`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.controller_spec import ClientTask, Task, TaskCompletionStatus
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
+from fedmrg.fl.checks import check_int
 from fedmrg.fl.constants import FedHeaderKey
+
+#: server-local event fired after every train broadcast (each attempt of a round); the record is the
+#: ``PARTICIPATION_PROP`` prop: ``{"round", "attempt", "targets", "valid", "failed": {site: reason}, "missing":
+#: {site: reason}, "min_clients", "aggregated"}`` (``aggregated`` False when the round had too few valid updates).
+ROUND_PARTICIPATION = "fedmrg.round_participation"
+PARTICIPATION_PROP = "fedmrg.round_participation_record"
+
+
+class TooFewValidUpdates(RuntimeError):
+    """A round ended with fewer than ``min_clients`` valid updates after its retries: the job stops."""
 
 
 class ResumableScatterAndGather(ScatterAndGather):
@@ -50,6 +73,7 @@ class ResumableScatterAndGather(ScatterAndGather):
         memory_gc_rounds: int = 1,
         enable_tensor_disk_offload: bool = False,
         evaluation_sites: Sequence[str] | None = None,
+        round_retries: int = 0,
     ):
         """The arguments of :class:`~nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather` (spelled out:
         FLARE's job exporter reads a component's arguments from its ``__init__`` signature), plus:
@@ -57,6 +81,8 @@ class ResumableScatterAndGather(ScatterAndGather):
         Args:
             evaluation_sites: sites never sent ``train`` (evaluation-only hospitals known in advance; None: none). Sites that
                 decline ``train`` with ``FedHeaderKey.ROLE`` are added at run time.
+            round_retries: how many times a round that ended with fewer than ``min_clients`` valid updates is re-run
+                (same global model, aggregator reset) before the job stops. Defaults to 0: the job stops at once.
         """
         super().__init__(
             min_clients=min_clients,
@@ -81,6 +107,11 @@ class ResumableScatterAndGather(ScatterAndGather):
             raise TypeError(f"`evaluation_sites` must be a list of site names, got {evaluation_sites!r}")
         self.evaluation_sites = evaluation_sites  # as configured (FLARE's job exporter reads it back)
         self._evaluation_sites: set[str] = set(sites)  # plus the sites learned from their declines
+        check_int("round_retries", round_retries, minimum=0)
+        check_int("min_clients", min_clients, minimum=1)
+        self.round_retries = round_retries
+        self._valid: set[str] = set()  # sites whose update the aggregator accepted in the running attempt
+        self._failed: dict[str, str] = {}  # site -> why its reply does not count
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         super().start_controller(fl_ctx)
@@ -119,7 +150,15 @@ class ResumableScatterAndGather(ScatterAndGather):
         wait_time_after_min_received: int = 0,
         abort_signal: Signal | None = None,
     ):
-        if task.name == self.train_task_name and targets is None:  # ScatterAndGather.control_flow's train broadcast
+        if task.name != self.train_task_name or targets is not None:
+            return super().broadcast_and_wait(
+                task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal
+            )
+        # ScatterAndGather.control_flow's train broadcast: honest aggregation, with retries
+        for attempt in range(self.round_retries + 1):
+            if attempt:
+                self.aggregator.reset(fl_ctx)
+                task = self._fresh_task(task)
             targets = self.training_sites()
             if not targets:  # an empty target list would mean "any client" to FLARE
                 raise RuntimeError(
@@ -132,19 +171,107 @@ class ResumableScatterAndGather(ScatterAndGather):
                     fl_ctx, f"round {self._current_round}: train sent to {targets}; evaluation-only: {skipped}"
                 )
             self._current_num_targets = len(targets)
-            min_responses = min(min_responses, len(targets))
-        return super().broadcast_and_wait(
-            task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal
+            self._valid, self._failed = set(), {}
+            super().broadcast_and_wait(
+                task, fl_ctx, targets, min(min_responses, len(targets)), wait_time_after_min_received, abort_signal
+            )
+            if abort_signal is not None and abort_signal.triggered:
+                return None
+            if self.check_valid_updates(sorted(self._valid), task, fl_ctx, attempt):
+                return None
+            if attempt < self.round_retries:
+                self.log_warning(fl_ctx, f"round {self._current_round}: re-running the round (retry {attempt + 1} "
+                                         f"of {self.round_retries}) with the same global model")  # fmt: skip
+        raise TooFewValidUpdates(
+            f"round {self._current_round}: fewer than min_clients={self._min_clients} valid updates after "
+            f"{self.round_retries} retr{'y' if self.round_retries == 1 else 'ies'}; the job stops and the global model "
+            f"of round {self._current_round - 1} stays (raise `round_retries` or fix the sites named above)"
+        )
+
+    def check_valid_updates(self, valid: list[str], task: Task, fl_ctx: FLContext, attempt: int = 0) -> bool:
+        """Publish the round's participation; True when at least ``min_clients`` of ``task``'s targets sent a valid
+        update (``valid``). Otherwise log an error naming every site and why, and return False."""
+        targets = sorted(task.targets or [])
+        failed = {s: self._failed[s] for s in targets if s in self._failed and s not in valid}
+        answered = {ct.client.name for ct in task.client_tasks if ct.result_received_time is not None}
+        why = (
+            "timeout" if task.completion_status == TaskCompletionStatus.TIMEOUT else "no result before the round closed"
+        )
+        missing = {s: why for s in targets if s not in valid and s not in failed and s not in answered}
+        ok = len(valid) >= self._min_clients
+        record: dict[str, Any] = {
+            "round": self._current_round, "attempt": attempt, "targets": targets, "valid": list(valid),
+            "failed": failed, "missing": missing, "min_clients": self._min_clients, "aggregated": ok,
+        }  # fmt: skip
+        fl_ctx.set_prop(PARTICIPATION_PROP, record, private=True, sticky=False)
+        self.fire_event(ROUND_PARTICIPATION, fl_ctx)
+        absent = "; ".join(f"{s}: {r}" for s, r in {**failed, **missing}.items())
+        if ok:
+            if absent:
+                self.log_warning(fl_ctx, f"round {self._current_round}: aggregating {len(valid)}/{len(targets)} "
+                                         f"sites {valid}; without {absent}")  # fmt: skip
+            return True
+        self.log_error(
+            fl_ctx,
+            f"round {self._current_round}: NOT aggregated: {len(valid)} valid update(s) {valid}, fewer than "
+            f"min_clients={self._min_clients}; {absent or 'no other site'}; the global model stays unchanged",
+        )
+        return False
+
+    @staticmethod
+    def _fresh_task(task: Task) -> Task:
+        """A new train task with the same data and callbacks (a finished Task cannot be broadcast again)."""
+        return Task(
+            name=task.name,
+            data=task.data,
+            props={},
+            timeout=task.timeout,
+            before_task_sent_cb=task.before_task_sent_cb,
+            result_received_cb=task.result_received_cb,
         )
 
     def _process_train_result(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
-        role = client_task.result.get_header(FedHeaderKey.ROLE) if client_task.result is not None else None
-        if role == "evaluate" and client_task.client.name not in self._evaluation_sites:
-            self._evaluation_sites.add(client_task.client.name)
+        site = client_task.client.name
+        result = client_task.result
+        role = result.get_header(FedHeaderKey.ROLE) if result is not None else None
+        if role == "evaluate" and site not in self._evaluation_sites:
+            self._evaluation_sites.add(site)
             self._discount_response(client_task.task, fl_ctx)
-            self.log_info(fl_ctx, f"site {client_task.client.name} is evaluation-only (declined train); it is sent "
+            self.log_info(fl_ctx, f"site {site} is evaluation-only (declined train); it is sent "
                                   "no more train tasks in this run")  # fmt: skip
-        super()._process_train_result(client_task, fl_ctx)
+            client_task.result = None
+            return
+        accepted = self._accept_train_result(client_name=site, result=result, fl_ctx=fl_ctx)
+        client_task.result = None
+        if accepted:
+            self._valid.add(site)
+            return
+        if site not in self._failed:
+            reason = getattr(self.aggregator, "rejections", {}).get(site)
+            self._failed[site] = reason or "update rejected by the aggregator (see its log line)"
+        self._discount_response(client_task.task, fl_ctx)  # an invalid reply must not close the round early
+        self._cancel_if_unreachable(client_task.task, fl_ctx)
+
+    def _accept_train_result(self, client_name: str, result, fl_ctx: FLContext, is_unknown_task: bool = False) -> bool:
+        rc = result.get_return_code(ReturnCode.OK) if result is not None else ReturnCode.EMPTY_RESULT
+        if rc != ReturnCode.OK and not is_unknown_task and self.ignore_result_error is not False:
+            # not a panic (FLARE's dynamic mode): whether the round has enough valid updates is decided after it
+            message = result.get_header(FedHeaderKey.ERROR, "") if result is not None else ""
+            self._failed[client_name] = f"error {rc}" + (f": {message}" if message else "")
+            self.log_warning(fl_ctx, f"round {self._current_round}: site {client_name} replied {rc}; its result does "
+                                     "not count towards min_clients")  # fmt: skip
+            return False
+        return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
+
+    def _cancel_if_unreachable(self, task: Task, fl_ctx: FLContext) -> None:
+        """End the broadcast as soon as ``min_clients`` valid updates can no longer arrive (no need to wait for the
+        remaining sites, or forever for a site that is gone when ``train_timeout`` is 0)."""
+        answered = {ct.client.name for ct in task.client_tasks if ct.result_received_time is not None}
+        pending = [s for s in (task.targets or []) if s not in answered]
+        if len(self._valid) + len(pending) < self._min_clients:
+            self.log_error(fl_ctx, f"round {self._current_round}: min_clients={self._min_clients} valid updates can "
+                                   f"no longer arrive (valid: {sorted(self._valid)}, pending: {pending})")  # fmt: skip
+            self.cancel_task(task, fl_ctx=fl_ctx)
 
     def _discount_response(self, task: Task, fl_ctx: FLContext) -> None:
         """A decline must not count towards ``min_clients`` (the round would close before the training sites answer):

@@ -9,12 +9,21 @@ It listens to the events of ScatterAndGather, CrossSiteModelEval, IntimeModelSel
 - ``num_samples``, ``accepted`` (False when the aggregator rejected the update);
 - ``bytes_down`` / ``bytes_up``: serialised bytes of the train task and result, ``param_bytes_*`` the raw array bytes;
 
-and per round the means over accepted sites weighted by ``num_samples``, the totals of bytes, and the round's wall
+and per round the means over accepted sites weighted by ``num_samples`` (privacy metrics excepted: ``dp/*`` and
+``site_dp/*`` are never averaged; ``privacy`` lists each site's epsilon, ``None`` for a site without that DP), the totals of bytes, and the round's wall
 time in seconds (``ROUND_STARTED`` to ``ROUND_DONE``, aggregation and persistence included). At the end it adds the
 best round (IntimeModelSelector), the cross-site evaluation table (``cross_site[data_site][model] = metrics``) and
 the bytes of the cross-site tasks. Every result that comes back with an error return code (a site whose data is
 missing, whose training raised, whose update was not finite, that refused for its privacy budget, ...) is logged as
 an error naming the site, the task and the site's message, and kept in ``errors``.
+
+Participation: from the workflow's ``ROUND_PARTICIPATION`` event
+(:class:`~fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather`), each round records ``participation``:
+the sites sent ``train``, the ``valid`` ones, ``failed`` and ``missing`` sites with the reason (error message,
+rejection, no result, timeout), ``min_clients`` and whether the round was ``aggregated`` (one record per attempt
+under ``attempts``). A site the round went on without is listed in ``absent`` (round, site, reason). The cross-site
+table names the sites it lacks in ``cross_site_missing`` (data sites that sent no validation, models never
+evaluated) instead of leaving them out silently.
 
 Files: ``<server app folder>/<output_dir>/summary.{json,md,png}`` (in the simulator
 ``<workspace>/server/simulate_job/app_server/summary/``); ``summary.json`` is rewritten after every round, all three
@@ -46,8 +55,13 @@ from nvflare.widgets.widget import Widget
 from fedmrg.fl.checks import check_str
 from fedmrg.fl.constants import FedContextKey, FedEventType, FedHeaderKey, FedMetaKey
 from fedmrg.fl.learner import state_nbytes
+from fedmrg.fl.resumable_scatter_and_gather import PARTICIPATION_PROP, ROUND_PARTICIPATION
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
+#: train-metric prefixes of the privacy mechanisms (patient-level DP-SGD, site-level DP): reported per site only
+PRIVACY_PREFIXES = ("dp/", "site_dp/")
+#: the epsilon key of each mechanism
+EPSILON_KEYS = ("dp/epsilon", "site_dp/epsilon")
 
 
 class RunSummary(Widget):
@@ -124,6 +138,11 @@ class RunSummary(Widget):
                 self.record_cross_site(
                     fl_ctx.get_prop(AppConstants.DATA_CLIENT), fl_ctx.get_prop(AppConstants.MODEL_OWNER), result
                 )
+        elif event_type == ROUND_PARTICIPATION:
+            record = fl_ctx.get_prop(PARTICIPATION_PROP)
+            if isinstance(record, dict):
+                self.record_participation(record)
+                self._write_json()
         elif event_type == EventType.AFTER_TASK_RESULT_FILTER:
             result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
             if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
@@ -193,6 +212,24 @@ class RunSummary(Widget):
             rec["train"] = _float_dict(dxo.get_meta_prop(FedMetaKey.TRAIN_METRICS))
             rec["val"] = _float_dict(dxo.get_meta_prop(MetaKey.INITIAL_METRICS))
 
+    def record_participation(self, record: dict[str, Any]) -> None:
+        """Keep a train broadcast's participation (the workflow's record) in its round; the last attempt wins."""
+        r = record.get("round")
+        if not isinstance(r, int):
+            return
+        keep = {k: record.get(k) for k in ("targets", "valid", "failed", "missing", "min_clients", "aggregated")}
+        keep["attempt"] = record.get("attempt", 0)
+        with self._lock:
+            rec = self._round(r)
+            rec.setdefault("attempts", []).append(keep)
+            rec["participation"] = keep
+            rec["aggregated"] = bool(keep["aggregated"])
+            absent = self.summary["absent"]
+            absent[:] = [a for a in absent if a["round"] != r]
+            for site, why in {**(keep["failed"] or {}), **(keep["missing"] or {})}.items():
+                absent.append({"round": r, "site": site, "reason": why})
+            absent.sort(key=lambda a: (a["round"], a["site"]))
+
     def record_bytes(self, record: dict[str, Any]) -> None:
         site, r, d = record.get("site", "?"), record.get("round"), record.get("direction")
         if d not in ("up", "down"):
@@ -214,8 +251,12 @@ class RunSummary(Widget):
             for key in ("bytes_up", "bytes_down", "param_bytes_up", "param_bytes_down"):
                 rec[key] = sum(s[key] for s in sites)
             ok = [s for s in sites if s["accepted"] and isinstance(s["num_samples"], (int, float))]
-            rec["train"] = _weighted_means([(s["train"], s["num_samples"]) for s in ok])
+            rec["train"] = _weighted_means([(_without_privacy(s["train"]), s["num_samples"]) for s in ok])
             rec["val"] = _weighted_means([(s["val"], s["num_samples"]) for s in ok])
+            rec["privacy"] = {
+                site: {k: s["train"].get(k) for k in EPSILON_KEYS} for site, s in sorted(rec["sites"].items())
+            }
+            rec.setdefault("aggregated", True)
 
     def record_cross_site(self, data_site: str, model_owner: str, result: Shareable) -> None:
         try:
@@ -250,6 +291,8 @@ class RunSummary(Widget):
                 "bytes_down": sum(r["bytes_down"] for r in rounds),
                 "seconds": round(sum(r["seconds"] or 0.0 for r in rounds), 3),
             }
+            self.summary["privacy"] = _privacy_by_site(rounds)
+            self.summary["cross_site_missing"] = _cross_site_missing(self.summary)
         self._write_json()
         (self._out / "summary.md").write_text(render_markdown(self.summary), encoding="utf-8")
         render_png(self.summary, self._out / "summary.png")
@@ -302,6 +345,9 @@ def _empty_summary() -> dict[str, Any]:
         "cross_site": {},
         "other_task_bytes": {},
         "errors": [],
+        "absent": [],
+        "privacy": {},
+        "cross_site_missing": {"data_sites": [], "models": []},
         "totals": {},
     }
 
@@ -318,6 +364,34 @@ def _float_dict(d: Any) -> dict[str, float | None]:
     if not isinstance(d, dict):
         return {}
     return {str(k): _finite_or_none(v) for k, v in d.items()}
+
+
+def _without_privacy(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: v for k, v in metrics.items() if not k.startswith(PRIVACY_PREFIXES)}
+
+
+def _privacy_by_site(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each training site's latest epsilon per mechanism (``None``: the site never reported that DP)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for rec in rounds:
+        for site, s in rec.get("sites", {}).items():
+            by_key = out.setdefault(site, dict.fromkeys(EPSILON_KEYS))
+            for k in EPSILON_KEYS:
+                if s.get("train", {}).get(k) is not None:
+                    by_key[k] = s["train"][k]
+    return dict(sorted(out.items()))
+
+
+def _cross_site_missing(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """Sites that trained but sent no cross-site validation, and site models no site evaluated; only when the run had
+    a cross-site evaluation."""
+    cross = summary.get("cross_site") or {}
+    if not cross:
+        return {"data_sites": [], "models": []}
+    sites = {s for rec in summary.get("rounds", []) for s in rec.get("participation", {}).get("targets") or []}
+    sites |= {s for rec in summary.get("rounds", []) for s in rec.get("sites", {})}
+    models = {m for by_model in cross.values() for m in by_model}
+    return {"data_sites": sorted(sites - set(cross)), "models": sorted(s for s in sites if s not in models)}
 
 
 def _weighted_means(items: list[tuple[dict[str, float | None], float]]) -> dict[str, float]:

@@ -40,6 +40,25 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _sites_ok(r: dict[str, Any]) -> str:
+    """``valid/targets`` and the names of the absent sites (``2/3 (missing site-c)``)."""
+    p = r.get("participation")
+    if not p:
+        sites = r.get("sites", {})
+        return f"{sum(1 for s in sites.values() if s.get('accepted'))}/{len(sites)}"
+    absent = sorted({**(p.get("failed") or {}), **(p.get("missing") or {})})
+    text = f"{len(p.get('valid') or [])}/{len(p.get('targets') or [])}"
+    return text + (f" (without {', '.join(absent)})" if absent else "")
+
+
+def _eps(v: float | None) -> str:
+    return "no DP" if v is None else f"{v:.4g}"
+
+
+def _seen(cross: dict[str, dict[str, Any]]) -> set[str]:
+    return {m for by_model in cross.values() for m in by_model}
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """A human-readable report: per-round table, best round, cross-site table, totals."""
     rounds = summary.get("rounds", [])
@@ -63,17 +82,36 @@ def render_markdown(summary: dict[str, Any]) -> str:
     header += ["down", "up", "fp32 up", "seconds"]
     rows = []
     for r in rounds:
-        sites = r.get("sites", {})
-        ok = sum(1 for s in sites.values() if s.get("accepted"))
-        row = [r["round"], f"{ok}/{len(sites)}"]
+        row = [r["round"], _sites_ok(r)]
         row += [r.get("train", {}).get(k) for k in train_keys] + [r.get("val", {}).get(k) for k in val_keys]
         row += [_size(r.get("bytes_down")), _size(r.get("bytes_up")), _size(r.get("param_bytes_up")), r.get("seconds")]
         rows.append(row)
     out += _table(header, rows)
 
+    not_aggregated = [r for r in rounds if r.get("aggregated") is False]
+    for r in not_aggregated:
+        p = r.get("participation") or {}
+        out += [
+            "",
+            f"**Round {r['round']} was NOT aggregated**: {len(p.get('valid') or [])} valid update(s) "
+            f"{p.get('valid') or []}, fewer than min_clients={p.get('min_clients')}; the global model stayed.",
+        ]
+    absent = summary.get("absent") or []
+    if absent:
+        out += ["", "## Sites missing from rounds", "", "Sites sent `train` whose update was not aggregated.", ""]
+        out += _table(["round", "site", "reason"], [[a["round"], a["site"], a["reason"]] for a in absent])
+
     rejected = [(r["round"], s) for r in rounds for s, v in r.get("sites", {}).items() if v.get("accepted") is False]
     if rejected:
         out += ["", "Rejected updates: " + ", ".join(f"{s} (round {r})" for r, s in rejected) + "."]
+
+    privacy = summary.get("privacy") or {}
+    if privacy:
+        out += ["", "## Differential privacy per site", ""]
+        out.append("Latest epsilon each site reported; `no DP` where the site trained without that mechanism.")
+        out += [""]
+        rows = [[site, *[_eps(v.get(k)) for k in ("dp/epsilon", "site_dp/epsilon")]] for site, v in privacy.items()]
+        out += _table(["site", "patient-level ε (DP-SGD)", "site-level ε"], rows)
 
     best = summary.get("best")
     out += ["", "## Best global model", ""]
@@ -90,10 +128,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if cross:
         models = sorted({m for by_model in cross.values() for m in by_model})
         metric_keys = sorted({k for by_model in cross.values() for m in by_model.values() for k in m})
-        out.append("Rows: the site whose data evaluated the model; columns: the model.")
+        missing = summary.get("cross_site_missing") or {}
+        models += [m for m in missing.get("models", []) if m not in models]
+        data_sites = [*cross, *[s for s in missing.get("data_sites", []) if s not in cross]]
+        out.append("Rows: the site whose data evaluated the model; columns: the model. `MISSING`: a site that trained "
+                   "but sent no validation, or whose model nobody evaluated.")  # fmt: skip
         for key in metric_keys:
             out += ["", f"**{key}**", ""]
-            out += _table(["data site", *models], [[s, *[cross[s].get(m, {}).get(key) for m in models]] for s in cross])
+            rows = []
+            for s in data_sites:
+                if s not in cross:
+                    rows.append([f"{s} (MISSING)", *["MISSING"] * len(models)])
+                    continue
+                rows.append([s, *[cross[s].get(m, {}).get(key) if m in _seen(cross) else "MISSING" for m in models]])
+            out += _table(["data site", *models], rows)
     else:
         out.append("No cross-site evaluation in this run.")
 

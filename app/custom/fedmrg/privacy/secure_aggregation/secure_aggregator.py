@@ -58,6 +58,7 @@ class SecureAggregator(Aggregator):
         self._weights: dict[str, int] = {}
         self._closed = False
         self._secrets: tuple[dict[str, bytes], dict[str, bytes]] | None = None
+        self.rejections: dict[str, str] = {}  # site -> why its upload was not summed (the round's participation)
 
     # -- driven by the workflow ------------------------------------------------------------------------------------
     def begin_round(self, round_num: int, session: bytes, ads: dict[str, Advertisement], params: Params, job_id: str):
@@ -96,6 +97,7 @@ class SecureAggregator(Aggregator):
                 flat, weight = self._check(shareable, site, fl_ctx)
             except SecureAggregationError as e:
                 self.log_error(fl_ctx, f"REJECTED masked update from site {site} in round {self._round}: {e}")
+                self.rejections[site] = f"masked update rejected: {e}"
                 return False
             if self._sum is None:
                 self._sum = np.zeros_like(flat)

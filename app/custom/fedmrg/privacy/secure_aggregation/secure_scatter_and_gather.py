@@ -11,7 +11,11 @@ Each round (see :mod:`~fedmrg.privacy.secure_aggregation.protocol` for the crypt
 4. ``secagg_unmask`` to the survivors (participants whose upload was summed); the survivors' self-mask seeds and the
    dropped sites' mask keys are reconstructed from ``t`` shares and checked, and the aggregator decodes.
 
-Fail closed: a forged, substituted or replayed key, fewer than ``min_sites`` participants, a participant that does not
+Honest aggregation as in the parent: a round whose train step leaves fewer than ``min_clients`` summed masked
+updates is not unmasked (the global model stays); it is re-run, with a new key exchange, up to ``round_retries``
+times, then the job stops.
+
+Fail closed: a forged, substituted or replayed key, fewer than ``max(min_sites, min_clients)`` participants, a participant that does not
 share, fewer than ``t`` survivors or unmask answers, or a secret that does not reconstruct, raises
 :class:`~.constants.SecureAggregationError` naming the site(s); ScatterAndGather then logs it and panics, and no model
 is produced for the round (the last persisted global model stays).
@@ -102,28 +106,48 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             return super().broadcast_and_wait(
                 task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal
             )
+        for attempt in range(self.round_retries + 1):
+            if attempt:
+                self.log_warning(fl_ctx, f"round {self._current_round}: re-running the round (retry {attempt} of "
+                                         f"{self.round_retries}) with a new key exchange")  # fmt: skip
+                task = self._fresh_task(task)
+            if self._secure_round(task, fl_ctx, min_responses, wait_time_after_min_received, abort_signal, attempt):
+                return None
+            if abort_signal is not None and abort_signal.triggered:
+                return None
+        raise SecureAggregationError(
+            f"round {self._current_round}: fewer than min_clients={self._min_clients} valid masked updates after "
+            f"{self.round_retries} retries; the job stops and no model is produced for the round"
+        )
+
+    def _secure_round(self, task: Task, fl_ctx, min_responses: int, wait: int, abort_signal, attempt: int) -> bool:
+        """One attempt of a round; True when it produced the unmasked aggregate, False when fewer than
+        ``min_clients`` masked updates were summed (nothing is unmasked then) or the run was aborted."""
         r = self._current_round
         session = os.urandom(16)
         ads = self._advertise(r, session, fl_ctx, abort_signal)
         if abort_signal is not None and abort_signal.triggered:
-            return None
+            return False
         participants = sorted(ads)
         shares = self._share(r, session, ads, fl_ctx, abort_signal)
         if abort_signal is not None and abort_signal.triggered:
-            return None
+            return False
 
         self.aggregator.begin_round(r, session, ads, self._params, fl_ctx.get_job_id())
+        self.aggregator.rejections = {}
         self._current_num_targets = len(participants)
+        self._valid, self._failed = set(), {}
         self.log_info(fl_ctx, f"round {r}: secure aggregation with {participants}, "
                               f"{self.aggregator.fraction_bits} fraction bits")  # fmt: skip
         super().broadcast_and_wait(
-            task, fl_ctx, participants, min(min_responses, len(participants)), wait_time_after_min_received,
-            abort_signal,
+            task, fl_ctx, participants, min(min_responses, len(participants)), wait, abort_signal
         )  # fmt: skip
         if abort_signal is not None and abort_signal.triggered:
-            return None
+            return False
 
         survivors = self.aggregator.close()
+        if not self.check_valid_updates(survivors, task, fl_ctx, attempt):
+            return False  # the masked sum is never unmasked: the global model stays
         dropped = [s for s in participants if s not in survivors]
         t = self._params.threshold_for(len(participants))
         if len(survivors) < t:
@@ -136,7 +160,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
                                      "masks from Shamir shares")  # fmt: skip
         seeds, keys = self._unmask(r, session, ads, survivors, dropped, shares, t, fl_ctx, abort_signal)
         self.aggregator.finish(seeds, keys)
-        return None
+        return True
 
     def _stage(
         self, name: str, data: Shareable, targets: list[str], min_responses: int, wait: int, fl_ctx, abort_signal
@@ -183,7 +207,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
                 raise SecureAggregationError(f"round {r}: site {site}: malformed advertisement")
             verify_advertisement(ad, site, self._ca, fl_ctx.get_job_id(), r, session)
             ads[site] = ad
-        need = max(self._params.min_sites, min(self._min_clients, len(clients)))
+        need = max(self._params.min_sites, self._min_clients)
         if len(ads) < need:
             raise SecureAggregationError(f"round {r}: {len(ads)} sites advertised keys ({sorted(ads)}), need {need}")
         self.log_info(fl_ctx, f"round {r}: verified the signed keys of {sorted(ads)}")
