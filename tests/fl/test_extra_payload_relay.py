@@ -1,4 +1,5 @@
-"""ExtraPayloadRelay: collects accepted sites' extras, never returns a site its own, caps, validates."""
+"""ExtraPayloadRelay, the global memory bank: collects accepted sites' extras, keeps a capped number per site across
+rounds, forgets a site that dropped out, never returns a site its own rows, validates."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def _bank(site_index, rows=4, dim=3):
 
 def test_never_returns_a_site_its_own_features():
     relay = ExtraPayloadRelay(extra_keys=["bank"])
+    _new_round(relay)
     for i, s in enumerate(SITES):
         _accept(relay, _result(s, {"bank": _bank(i)}))
     assert relay.payload_for("site-1") == {}  # nothing relayed before the next round starts
@@ -60,6 +62,7 @@ def test_never_returns_a_site_its_own_features():
 def test_filter_attaches_other_sites_to_the_task_without_touching_the_shared_task(flare):
     relay = ExtraPayloadRelay(extra_keys=["bank"])
     relay.set_prop(FilterContextKey.CHAIN_TYPE, FilterChainType.TASK_DATA_CHAIN)
+    _new_round(relay)
     for i, s in enumerate(SITES[:2]):
         _accept(relay, _result(s, {"bank": _bank(i)}))
     _new_round(relay)
@@ -72,20 +75,49 @@ def test_filter_attaches_other_sites_to_the_task_without_touching_the_shared_tas
     assert FedMetaKey.PEER_EXTRA not in shared_dxo["meta"]  # the broadcast copy is unchanged
 
 
-def test_rejected_contributions_are_not_relayed_and_uploads_replace():
+def test_rejected_contributions_are_not_relayed():
     relay = ExtraPayloadRelay(extra_keys=["bank"])
+    _new_round(relay)
     _accept(relay, _result("site-1", {"bank": _bank(1)}))
     _accept(relay, _result("site-2", {"bank": _bank(2)}), accepted=False)
     _new_round(relay)
     assert sorted(relay.payload_for("site-3")["bank"]) == ["site-1"]
-    _accept(relay, _result("site-1", {"bank": _bank(5, rows=2)}), round_num=1)
+
+
+def test_keeps_per_site_capacity_across_rounds_newest_first():
+    relay = ExtraPayloadRelay(extra_keys=["bank"], max_items_per_site=5)
     _new_round(relay)
-    assert np.all(relay.payload_for("site-3")["bank"]["site-1"] == 5)
+    for r, value in enumerate((1.0, 2.0, 3.0)):  # three rounds of 2 rows each from site-1
+        _accept(relay, _result("site-1", {"bank": np.full((2, 3), value, np.float32)}), round_num=r)
+        _accept(relay, _result("site-2", {"bank": _bank(0, rows=1)}), round_num=r)
+        _new_round(relay)
+    rows = relay.payload_for("site-2")["bank"]["site-1"]
+    np.testing.assert_array_equal(rows[:, 0], [1.0, 2.0, 2.0, 3.0, 3.0])  # 6 uploaded, the newest 5 kept
+    assert relay.payload_for("site-1")["bank"]["site-2"].shape == (3, 3)  # 1 row a round, under capacity
+
+
+def test_forgets_a_site_that_dropped_out(flare, caplog):
+    relay = ExtraPayloadRelay(extra_keys=["bank"])
+    _new_round(relay)
+    for i, s in enumerate(SITES):
+        _accept(relay, _result(s, {"bank": _bank(i)}), round_num=0)
+    _new_round(relay)
+    assert sorted(relay.payload_for("site-1")["bank"]) == ["site-2", "site-3"]
+    for i, s in enumerate(SITES[:2]):  # site-3 sends nothing in round 1 (killed, failed or rejected)
+        _accept(relay, _result(s, {"bank": _bank(i)}), round_num=1)
+    ctx = flare.ctx()
+    ctx.set_prop(AppConstants.CURRENT_ROUND, 2, private=True, sticky=False)
+    with caplog.at_level(logging.INFO):
+        relay.handle_event(AppEventType.ROUND_STARTED, ctx)
+    assert "round 2: memory bank forgot ['site-3']" in caplog.text
+    assert sorted(relay.payload_for("site-1")["bank"]) == ["site-2"]
+    assert relay.payload_for("site-2")["bank"]["site-1"].shape == (8, 3)  # two rounds of 4 rows
 
 
 def test_caps_rows_keeping_the_most_recent():
     relay = ExtraPayloadRelay(extra_keys=["bank"], max_items_per_site=3)
     rows = np.arange(10, dtype=np.float32).reshape(5, 2)
+    _new_round(relay)
     _accept(relay, _result("site-1", {"bank": rows}))
     _new_round(relay)
     np.testing.assert_array_equal(relay.payload_for("site-2")["bank"]["site-1"], rows[-3:])
@@ -103,6 +135,7 @@ def test_caps_rows_keeping_the_most_recent():
 )
 def test_bad_payloads_are_dropped_naming_the_site(caplog, value, message):
     relay = ExtraPayloadRelay(extra_keys=["bank"])
+    _new_round(relay)
     _accept(relay, _result("site-1", {"bank": _bank(1)}))
     with caplog.at_level(logging.ERROR):
         _accept(relay, _result("site-2", {"bank": value}))
@@ -114,6 +147,7 @@ def test_bad_payloads_are_dropped_naming_the_site(caplog, value, message):
 
 def test_unlisted_keys_are_never_relayed():
     relay = ExtraPayloadRelay(extra_keys=["bank"])
+    _new_round(relay)
     _accept(relay, _result("site-1", {"secret": _bank(1)}))
     _new_round(relay)
     assert relay.payload_for("site-2") == {}

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from fedmrg.report.contrastive import client_aware_contrastive_loss
-from fedmrg.report.memory_bank import MemoryBank
 
 
 def test_contrastive_loss_equals_hand_computed_value():
@@ -40,44 +39,3 @@ def test_contrastive_loss_equals_hand_computed_value():
 def test_contrastive_loss_without_positives_raises():
     with pytest.raises(ValueError, match="positives"):
         client_aware_contrastive_loss(torch.randn(3, 4), torch.arange(3))
-
-
-def _bank() -> MemoryBank:
-    torch.manual_seed(0)
-    bank = MemoryBank(4, per_site_capacity=5)
-    for i, site in enumerate(["site-a", "site-b", "site-c"]):
-        # every feature of a site points along its own axis, so a sample's site is readable from it
-        bank.add(torch.eye(4)[i].repeat(3, 1) + 0.01 * torch.randn(3, 4), site)
-    return bank
-
-
-def test_bank_never_returns_the_sites_own_features():
-    bank = _bank()
-    g = torch.Generator().manual_seed(0)
-    for site_index, site in enumerate(bank.sites):
-        for _ in range(20):
-            sample = bank.sample(4, exclude_site=site, generator=g)
-            assert sample.shape == (4, 4)
-            assert (sample.argmax(1) != site_index).all()
-    assert bank.sample(100, exclude_site="site-a").shape == (6, 4)  # only the other two sites' 6 features
-    lonely = MemoryBank(4)
-    lonely.add(torch.randn(2, 4), "site-a")
-    assert lonely.sample(3, exclude_site="site-a").shape == (0, 4)
-
-
-def test_bank_caps_replaces_and_round_trips():
-    bank = _bank()
-    bank.add(torch.randn(8, 4), "site-a", replace=False)
-    assert len(bank) == 5 + 3 + 3  # site-a capped at 5 (newest kept)
-    bank.add(torch.randn(2, 4), "site-b")
-    assert len(bank) == 5 + 2 + 3  # a new upload replaces the old one
-    state = bank.state_dict()
-    assert state["features"].shape == (10, 4) and state["sites"] == ["site-a", "site-b", "site-c"]
-    assert torch.allclose(state["features"].norm(dim=1), torch.ones(10))
-    copy = MemoryBank(4, per_site_capacity=5)
-    copy.load_state_dict(state)
-    assert torch.allclose(copy.state_dict()["features"], state["features"], atol=1e-6)
-    with pytest.raises(ValueError, match="dim"):
-        MemoryBank(3).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
-        bank.add(torch.randn(2, 3), "site-d")

@@ -1,15 +1,22 @@
-"""Server-side relay of the sites' extra payloads (e.g. FedMRG memory-bank features) to the other sites.
+"""The global memory bank (FedMRG paper 3.2.1) on the server: it keeps the sites' extra payloads (FedMRG's pooled
+image features, ``memory_bank.upload_per_round`` per site and round) and relays them to the *other* sites.
 
-Configure one instance as a server ``task_data_filters`` entry on the ``train`` task, placed *before* the
+This is the bank's one home: sites hold no bank of their own, they draw contrastive negatives from what the task
+brings. Configure one instance as a server ``task_data_filters`` entry on the ``train`` task, placed *before* the
 :class:`~fedmrg.fl.wire_bytes_meter.WireBytesMeter` so that the relayed bytes are counted. It works in two halves:
 
 - collecting (an event handler; FLARE hands every filter the run's events): when a train result is accepted by the
   aggregator (``AFTER_CONTRIBUTION_ACCEPT``), the arrays under ``FedMetaKey.EXTRA`` in its DXO meta whose key is in
-  ``extra_keys`` are stored for that site: each upload replaces the site's previous one and only its last
-  ``max_items_per_site`` rows are kept. Rejected updates contribute nothing;
-- attaching (the filter): when a site pulls the next round's train task, the other sites' payloads, as frozen at the
-  start of the round, are put in the task's DXO meta under ``FedMetaKey.PEER_EXTRA`` as
-  ``{key: {source_site: (K, D) float32}}``. The receiving site's own payloads are never included.
+  ``extra_keys`` are held for that site until the round ends (a round re-run keeps the site's last upload).
+  Rejected updates contribute nothing;
+- banking (at the next ``ROUND_STARTED``): each site's upload is appended to its rows in the bank, which keeps the
+  newest ``max_items_per_site`` rows per site and key *across rounds* (FedMRG jobs set it to the learner's
+  ``memory_bank.per_site_capacity``). A site without an accepted update in the round that ended (it failed, was
+  rejected, was killed, left) is forgotten: its rows are dropped and logged, and are never relayed again unless it
+  contributes again;
+- attaching (the filter): when a site pulls a train task, the bank as frozen at the start of the round, minus the
+  receiving site's own rows, is put in the task's DXO meta under ``FedMetaKey.PEER_EXTRA`` as
+  ``{key: {source_site: (K, D) float32}}``.
 
 Payloads must be finite float32 ``(K, D)`` arrays with one width ``D`` per key; anything else is dropped with an
 error naming the site. Keys outside ``extra_keys`` are never relayed (a warning names them once).
@@ -39,7 +46,8 @@ class ExtraPayloadRelay(DXOFilter):
 
         Args:
             extra_keys: names of the payloads to relay, e.g. ``["bank"]``; other keys sent by sites are ignored.
-            max_items_per_site: rows kept per site and key (its most recent ones). Defaults to 256.
+            max_items_per_site: the bank's capacity per site and key: rows kept across rounds (the most recent ones).
+                Defaults to 256.
 
         Raises:
             TypeError, ValueError: when an argument has a wrong type or value (the message names it).
@@ -51,21 +59,46 @@ class ExtraPayloadRelay(DXOFilter):
         self.max_items_per_site = max_items_per_site
 
         self._lock = threading.Lock()
-        self._latest: dict[str, dict[str, np.ndarray]] = {}  # key -> site -> (K, D)
+        self._bank: dict[str, dict[str, np.ndarray]] = {}  # key -> site -> (K <= max_items_per_site, D)
+        self._pending: dict[str, dict[str, np.ndarray]] = {}  # key -> site -> this round's upload
+        self._contributors: set[str] = set()  # sites with an accepted update in this round
+        self._rounds_started = 0
         self._outgoing: dict[str, dict[str, np.ndarray]] = {}
         self._warned: set[str] = set()
 
     # -- collecting --------------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == AppEventType.ROUND_STARTED:
-            with self._lock:
-                self._outgoing = {k: dict(by_site) for k, by_site in self._latest.items()}
+            forgotten = self.start_round()
+            if forgotten:
+                r = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+                self.log_info(fl_ctx, f"round {r}: memory bank forgot {forgotten} (no accepted update last round)")
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
             if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED):
                 return
             result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
             if isinstance(result, Shareable):
                 self.collect(result, fl_ctx)
+
+    def start_round(self) -> list[str]:
+        """Bank the ended round's uploads, forget the sites that did not contribute to it, and freeze the bank for
+        the new round's tasks. Returns the forgotten sites, sorted."""
+        with self._lock:
+            forgotten: set[str] = set()
+            if self._rounds_started:
+                for by_site in self._bank.values():
+                    for site in [s for s in by_site if s not in self._contributors]:
+                        del by_site[site]
+                        forgotten.add(site)
+                for key, by_site in self._pending.items():
+                    bank = self._bank.setdefault(key, {})
+                    for site, rows in by_site.items():
+                        merged = np.concatenate([bank[site], rows]) if site in bank else rows
+                        bank[site] = np.ascontiguousarray(merged[-self.max_items_per_site :])
+            self._pending, self._contributors = {}, set()
+            self._rounds_started += 1
+            self._outgoing = {k: dict(by_site) for k, by_site in self._bank.items() if by_site}
+        return sorted(forgotten)
 
     def collect(self, result: Shareable, fl_ctx: FLContext) -> None:
         """Store the extras of one accepted train result (called on ``AFTER_CONTRIBUTION_ACCEPT``)."""
@@ -76,6 +109,8 @@ class ExtraPayloadRelay(DXOFilter):
             return
         if not site or not isinstance(extras, dict):
             return
+        with self._lock:
+            self._contributors.add(site)
         r = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         for key, value in extras.items():
             if key not in self.extra_keys:
@@ -89,8 +124,8 @@ class ExtraPayloadRelay(DXOFilter):
                 continue
             kept = np.ascontiguousarray(value[-self.max_items_per_site :])
             with self._lock:
-                self._latest.setdefault(key, {})[site] = kept
-            self.log_info(fl_ctx, f"round {r}: stored extra {key!r} from site {site}: {kept.shape[0]} rows")
+                self._pending.setdefault(key, {})[site] = kept
+            self.log_info(fl_ctx, f"round {r}: received extra {key!r} from site {site}: {kept.shape[0]} rows")
 
     def _problem(self, key: str, value: Any) -> str:
         if not (isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 2):
@@ -99,7 +134,8 @@ class ExtraPayloadRelay(DXOFilter):
         if not np.isfinite(value).all():
             return "non-finite values"
         with self._lock:
-            widths = {a.shape[1] for a in self._latest.get(key, {}).values()}
+            held = [*self._bank.get(key, {}).values(), *self._pending.get(key, {}).values()]
+            widths = {a.shape[1] for a in held}
         if widths and value.shape[1] not in widths:
             return f"width D={value.shape[1]} differs from the other sites' {sorted(widths)}"
         return ""
