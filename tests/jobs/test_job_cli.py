@@ -104,3 +104,65 @@ def test_simulator_command_names_sites_by_count_or_by_name():
     assert simulator_command("J", "W", sites=["site-1", "unseen-1"], threads=1) == [
         *head, "-c", "site-1,unseen-1", "-t", "1"
     ]  # fmt: skip
+
+
+TINY_OVERRIDES = json.dumps({"training": {"batch_size": 2}, "encoder": {"image_size": 32}})
+
+
+def _learner_args(job: Path) -> tuple[dict, dict]:
+    server, client = _cfg(job, "server"), _cfg(job, "client")
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["learner_args"]
+    return client["executors"][0]["executor"]["args"]["learner_args"], persistor
+
+
+def test_variant_is_independent_of_set_order(tmp_path):
+    """`--set rounds=2` before `--set learner.overrides=...` once dropped training.rounds (lr 0 after round 1)."""
+    sets = ["rounds=2", f"learner.overrides={TINY_OVERRIDES}", "learner.overrides.training.eval_batch_size=4"]
+    a = write_variant(JOB, tmp_path / "v", sets)
+    b = write_variant(JOB, tmp_path / "w", list(reversed(sets)))
+    for side in ("server", "client"):
+        assert _cfg(a, side) == _cfg(b, side)
+    for args in _learner_args(a):
+        assert args["overrides"]["training"] == {"batch_size": 2, "eval_batch_size": 4, "rounds": 2}
+        assert args["overrides"]["encoder"] == {"image_size": 32}  # replaced as a whole, then edited
+    assert _cfg(a, "server")["workflows"][0]["args"]["num_rounds"] == 2
+
+
+def test_variant_schedule_follows_the_workflow_rounds(tmp_path):
+    # new overrides without training.rounds: the schedule still spans the job's rounds
+    client, server = _learner_args(write_variant(JOB, tmp_path / "v", [f"learner.overrides={TINY_OVERRIDES}"]))
+    rounds = _cfg(JOB, "server")["workflows"][0]["args"]["num_rounds"]
+    assert client["overrides"]["training"]["rounds"] == server["overrides"]["training"]["rounds"] == rounds
+    with pytest.raises(ConfigError, match=r"training.rounds=3 contradicts the workflow's num_rounds=2.*--set rounds"):
+        write_variant(JOB, tmp_path / "w", ["rounds=2", "learner.overrides.training.rounds=3"])
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ("learner.local_step=3", "`learner.local_step`"),
+        ("server.scatter_and_gather.min_client=2", "`server.scatter_and_gather.min_client`"),
+        ("client.privat_dir=/x", "`client.privat_dir`"),
+        ("site_dp.noise=1.0", "`site_dp.noise`"),
+        ("learner.synthetic.num_studys=3", "`learner.synthetic.num_studys`"),
+        ('learner.overrides.privcy={"dp_sgd": {"enabled": true}}', "`learner.overrides.privcy`"),
+        ('learner.overrides.training.batch_size="8"', "`learner.overrides.training.batch_size` must be an int"),
+        ("learner.local_steps=ten", "`learner.local_steps` must be an int"),
+        ("server.scatter_and_gather.num_rounds=2.5", "`server.scatter_and_gather.num_rounds` must be an int"),
+    ],
+)
+def test_variant_refuses_misspelt_keys_and_wrong_types_naming_the_key(tmp_path, bad, named):
+    with pytest.raises(ConfigError) as e:
+        write_variant(JOB, tmp_path / "v", [bad])
+    assert named in str(e.value)
+    assert "configs/default.yaml:" not in str(e.value)  # the user's key is at fault, not the packaged YAML
+    assert not (tmp_path / "v").exists()  # nothing written
+
+
+def test_variant_refuses_a_key_given_twice_and_lists_allowed_keys(tmp_path):
+    with pytest.raises(ConfigError, match="given twice"):
+        write_variant(JOB, tmp_path / "v", ["rounds=2", "rounds=3"])
+    with pytest.raises(ConfigError, match="allowed: .*local_steps"):
+        write_variant(JOB, tmp_path / "v", ["learner.local_step=3"])
+    with pytest.raises(ConfigError, match="must be an int >= 1"):
+        write_variant(JOB, tmp_path / "v", ["rounds=0"])

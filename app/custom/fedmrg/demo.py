@@ -12,9 +12,12 @@ the cross-site evaluation, where the final global model is scored
 at every site with the generic adapter alone and, at the training sites, also personalized (mixed with the site's own
 specialized adapter).
 
-At the end it prints where the run summary (JSON, Markdown, PNG), the TensorBoard events and the logs are, a table of
-the cross-site evaluation, and a table per round: the sites' validation BLEU-4 / ROUGE-L / CE-F1 of the global model they received (the model after
-the previous round; the last row is the final model in the cross-site evaluation), bytes on the wire and seconds.
+While the simulator runs it prints one row per round as the round ends: the sites' validation BLEU-4 / ROUGE-L /
+CE-F1 of the global model they received (the model after the previous round), bytes on the wire and seconds; the last
+row is the final model in the cross-site evaluation. Then a table of the cross-site evaluation, and the closing lines:
+the run summary (JSON, Markdown, PNG), TensorBoard events, logs, the data folder (``<out>/data``, a link to the
+generated federation in the cache), one model folder per training site (``<out>/models/<site>/``: the global model
+with that site's specialized adapter, self-contained) and a ready-to-paste ``fedmrg generate`` command.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ def _prefetch_in_child(job: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedmrg.errors import FedMRGError
-    from fedmrg.job import prepare_workspace, simulator_command, write_variant
+    from fedmrg.job import is_byoc, prepare_workspace, simulator_command, write_variant
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -159,36 +162,49 @@ def run(args: argparse.Namespace) -> int:
     job = write_variant(base, out / "job", sets, overwrite=True) if sets else base
     sites, unseen = _sites(job)
 
-    print("[1/3] built-in models and synthetic data (cached after the first run)", file=sys.stderr)
+    print("[1/4] built-in models and synthetic data (cached after the first run)", file=sys.stderr)
     _prefetch_in_child(job)
 
     ws = out / "workspace"
     shutil.rmtree(ws, ignore_errors=True)
-    prepare_workspace(job, ws)
+    if not is_byoc(job):  # a code-free job (no app/custom/): the workspace allow-lists its classes
+        prepare_workspace(job, ws)
     write_site_roles(ws, unseen)
     log = out / "simulator.log"
     clients = [*sites, *unseen]
     cmd = simulator_command(job, ws, sites=clients, threads=args.threads)
-    print(f"[2/3] {' '.join(cmd[2:])}  (log: {log})", file=sys.stderr)
+    print(f"[2/4] {' '.join(cmd[2:])}  (log: {log})", file=sys.stderr)
     # one BLAS thread per client process: three processes on few cores oversubscribe otherwise
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    t0 = time.monotonic()
-    with log.open("w") as f:
-        try:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=args.timeout)
-        except subprocess.TimeoutExpired as e:
-            raise FedMRGError(f"the simulator ran longer than {args.timeout:.0f} s; see {log}") from e
-    seconds = time.monotonic() - t0
     app = ws / "server" / "simulate_job" / "app_server"
     summary_json = app / "summary" / "summary.json"
+    t0 = time.monotonic()
+    print(ROUNDS_HEADER, flush=True)
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            printed = _follow_rounds(proc, summary_json, timeout=args.timeout)
+        except BaseException:  # Ctrl-C or a timeout: do not leave the simulator running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+    seconds = time.monotonic() - t0
     if proc.returncode != 0 or not summary_json.is_file():
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise FedMRGError(f"the simulator failed (exit code {proc.returncode}); last lines of {log}:\n{tail}")
 
-    print(f"[3/3] done in {seconds:.0f} s\n", file=sys.stderr)
     summary = json.loads(summary_json.read_text())
-    print(format_rounds(summary, sites))
+    for r in summary.get("rounds", [])[printed:]:  # rounds that ended after the last poll
+        print(format_round_row(r), flush=True)
+    final = format_final_row(summary, sites)
+    print((final + "\n" if final else "") + "\n" + rounds_note(summary))
+    print(f"[3/4] simulator done in {seconds:.0f} s", file=sys.stderr)
     print("\n" + format_cross_site(summary, sites, unseen))
+
+    print("[4/4] model folders and data folder", file=sys.stderr)
+    data = _link_data(job, out / "data")
+    models = _export_models(ws, sites, out / "models")
     print(
         f"\nsummary:      {summary_json}\n"
         f"              {summary_json.with_suffix('.md')}\n"
@@ -197,7 +213,88 @@ def run(args: argparse.Namespace) -> int:
         f"global model: {app / 'FL_global_model.safetensors'}\n"
         f"site logs:    {ws}/<site>/log.txt"
     )
+    print(closing_lines(out, data, models))
     return 0
+
+
+#: seconds between two reads of the run summary while the simulator runs
+POLL_SECONDS = 2.0
+
+
+def _follow_rounds(proc: subprocess.Popen, summary_json: Path, *, timeout: float) -> int:
+    """Wait for the simulator, printing each round's row as soon as the run summary records the round as done.
+
+    The server's :class:`~fedmrg.fl.run_summary.RunSummary` rewrites ``summary.json`` (atomically) at every round's
+    end. Returns how many rounds were printed; stops the simulator (FedMRGError) after ``timeout`` seconds.
+    """
+    from fedmrg.errors import FedMRGError
+
+    printed, deadline = 0, time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=POLL_SECONDS)
+            return printed
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise FedMRGError(f"the simulator ran longer than {timeout:.0f} s; stopped it")
+        try:
+            rounds = json.loads(summary_json.read_text()).get("rounds", [])
+        except (OSError, ValueError):  # not written yet
+            continue
+        while printed < len(rounds) and rounds[printed].get("seconds") is not None:
+            print(format_round_row(rounds[printed]), flush=True)
+            printed += 1
+
+
+def _link_data(job: Path, link: Path) -> Path | None:
+    """``link`` -> the synthetic federation the sites trained on (in the cache); None when the job names no
+    synthetic data (the sites' own data roots)."""
+    spec = _learner_args(job).get("synthetic")
+    if spec is None:
+        return None
+    from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
+
+    target = ensure_synthetic_federation(SyntheticSpec(**spec))  # generated by the prefetch: returns its folder
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def _export_models(ws: Path, sites: list[str], out: Path) -> dict[str, Path]:
+    """One self-contained model folder per training site: the global model with that site's specialized adapter."""
+    from fedmrg.report.export import export_model  # the model-export API (fedmrg export)
+
+    return {site: export_model(ws, site=site, out=out / site, overwrite=True) for site in sites}
+
+
+def _example_image(data: Path | None) -> Path | None:
+    """An image of the data folder's test split (else any image), for the printed ``generate`` command."""
+    if data is None:
+        return None
+    images = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm"))
+    tests = [p for p in images if "test" in p.relative_to(data).parts]
+    return (tests or images or [None])[0]
+
+
+def closing_lines(out: Path, data: Path | None, models: dict[str, Path]) -> str:
+    """Where the data and the model folders are, and a ready-to-paste ``fedmrg generate`` command."""
+    lines = []
+    if data is not None:
+        lines.append(f"data:         {data} -> {data.resolve()}  (fedmrg train --data {data})")
+    for site, path in models.items():
+        lines.append(f"model:        {path}  (global model + {site}'s specialized adapter)")
+    image = _example_image(data)
+    if models:
+        path = next(iter(models.values()))
+        lines.append(f"write a report:\n  fedmrg generate --model {path} {image or '<image.png|.dcm>'}")
+        lines.append("  (add --generic-only for the generic adapter alone, as at a hospital that did not train)")
+    return "\n".join(lines)
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -217,26 +314,36 @@ def _final_global(summary: dict[str, Any], sites: list[str]) -> dict[str, float]
     return {k: sum(r[k] for r in rows if r.get(k) is not None) / len(rows) for k in keys} if rows else {}
 
 
-def format_rounds(summary: dict[str, Any], sites: list[str]) -> str:
-    """Markdown table: per round the validation means of the model the sites received, bytes and seconds."""
-    lines = [
-        "| round | val BLEU-4 | val ROUGE-L | val CE-F1 | val head F1 | MB up | MB down | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary.get("rounds", []):
-        v = r.get("val") or {}
-        lines.append(
-            f"| {r['round']} | {_fmt(v.get('bleu4'))} | {_fmt(v.get('rouge_l'))} | {_fmt(v.get('ce_f1'))} "
-            f"| {_fmt(v.get('diag_f1'))} | {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} "
-            f"| {_fmt(r.get('seconds'), '.1f')} |"
-        )
+ROUNDS_HEADER = (
+    "| round | val BLEU-4 | val ROUGE-L | val CE-F1 | val head F1 | MB up | MB down | seconds |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_round_row(r: dict[str, Any]) -> str:
+    """One round of the run summary as a row of :data:`ROUNDS_HEADER`."""
+    v = r.get("val") or {}
+    return (
+        f"| {r['round']} | {_fmt(v.get('bleu4'))} | {_fmt(v.get('rouge_l'))} | {_fmt(v.get('ce_f1'))} "
+        f"| {_fmt(v.get('diag_f1'))} | {r.get('bytes_up', 0) / 1e6:.2f} | {r.get('bytes_down', 0) / 1e6:.2f} "
+        f"| {_fmt(r.get('seconds'), '.1f')} |"
+    )
+
+
+def format_final_row(summary: dict[str, Any], sites: list[str]) -> str:
+    """The final global model's cross-site row (personalized, mean over ``sites``); empty without cross-site."""
     final = _final_global(summary, sites)
-    if final:
-        lines.append(
-            f"| final model (cross-site) | {_fmt(final.get('personalized_bleu4'))} "
-            f"| {_fmt(final.get('personalized_rouge_l'))} | {_fmt(final.get('personalized_ce_f1'))} "
-            f"| {_fmt(final.get('personalized_diag_f1'))} | | | |"
-        )
+    if not final:
+        return ""
+    return (
+        f"| final model (cross-site) | {_fmt(final.get('personalized_bleu4'))} "
+        f"| {_fmt(final.get('personalized_rouge_l'))} | {_fmt(final.get('personalized_ce_f1'))} "
+        f"| {_fmt(final.get('personalized_diag_f1'))} | | | |"
+    )
+
+
+def rounds_note(summary: dict[str, Any]) -> str:
+    """How to read the rounds table."""
     best = summary.get("best") or {}
     note = (
         "val = mean over sites (weighted by samples) of the global model each site received at the round's start, "
@@ -246,7 +353,14 @@ def format_rounds(summary: dict[str, Any], sites: list[str]) -> str:
     )
     if best:
         note += f"; best model: round {best.get('model_of_round')} by {best.get('key_metric')}"
-    return "\n".join(lines) + f"\n\n{note}"
+    return note
+
+
+def format_rounds(summary: dict[str, Any], sites: list[str]) -> str:
+    """Markdown table: per round the validation means of the model the sites received, bytes and seconds."""
+    rows = [format_round_row(r) for r in summary.get("rounds", [])]
+    final = format_final_row(summary, sites)
+    return "\n".join([ROUNDS_HEADER, *rows, *([final] if final else [])]) + f"\n\n{rounds_note(summary)}"
 
 
 def format_cross_site(summary: dict[str, Any], sites: list[str], unseen: list[str]) -> str:
