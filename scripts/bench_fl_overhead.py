@@ -50,10 +50,11 @@ def simulate(job: Path, ws: Path, sites: int) -> tuple[float, dict]:
 
 def _site_worker(conn, args: dict, name: str, data_root: str, work: str) -> None:
     """One site of the bare loop: set up once, then per message (global state, round) validate + train, reply."""
+    from fedmrg.fl.site_config import SiteConfig
     from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
     learner = JobFedMRGLearner(**(args | {"torch_threads": 1}))
-    learner.setup(name, work, {"data_root": data_root})
+    learner.setup(name, work, SiteConfig(site=name, data_root=data_root))
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         global_state, r = msg

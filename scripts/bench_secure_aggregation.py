@@ -46,6 +46,7 @@ def demo_round(
             raise SystemExit("--shared-params needs --train-seconds")
         return {"shared": np.random.default_rng(0).normal(0, 1e-3, shared_params).astype(np.float32)}, train_seconds
     from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
+    from fedmrg.fl.site_config import SiteConfig
     from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
     client = json.loads((Path(REPO_ROOT) / "jobs/fedmrg/app/config/config_fed_client.json").read_text())
@@ -57,7 +58,7 @@ def demo_round(
         return {k: rng.normal(0, 1e-3, v.shape).astype(np.float32) for k, v in init.items()}, train_seconds
     data_root = str(ensure_synthetic_federation(SyntheticSpec(**args["synthetic"])))
     learner = JobFedMRGLearner(**(args | {"torch_threads": 1}))
-    learner.setup("site-1", str(work), {"data_root": data_root})
+    learner.setup("site-1", str(work), SiteConfig(site="site-1", data_root=data_root))
     t0 = time.perf_counter()
     out = learner.train(init, round_num=0, extra={})
     seconds = time.perf_counter() - t0

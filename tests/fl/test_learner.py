@@ -7,6 +7,7 @@ import pytest
 
 from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import SharedStateLearner, TrainOutcome, build_learner, check_state, nonfinite_keys
+from fedmrg.fl.site_config import SiteConfig
 from fedmrg.fl.toy_learner import ToyLearner
 
 
@@ -67,7 +68,7 @@ def test_toy_initial_state_is_deterministic_and_matches_keys(toy_args):
 
 def test_toy_train_improves_and_keeps_private(tmp_path, toy_args):
     learner = ToyLearner(**(toy_args | {"local_steps": 30}))
-    learner.setup("site-1", str(tmp_path), {"data_root": ""})
+    learner.setup("site-1", str(tmp_path), SiteConfig(site="site-1"))
     state = learner.initial_shared_state()
     before = learner.validate(state, personalized=True, split="val")
     out = learner.train(state, round_num=0, extra={})

@@ -21,12 +21,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import check_state
 from fedmrg.fl.shared_state_persistor import SharedStatePersistor
+from fedmrg.fl.site_config import SiteConfig
 from fedmrg.report.diagnosis_prompt import PROMPT_VOCABULARY
 from fedmrg.report.encoder import ENCODER_PRESETS
-from fedmrg.report.fl_job_learner import JobFedMRGLearner, check_model_paths, model_path_keys
+from fedmrg.report.fl_learner import FedMRGLearner, check_model_paths, model_path_keys
 from fedmrg.report.shared_state import load_shared_state
 
-LEARNER = "fedmrg.report.fl_job_learner.JobFedMRGLearner"
+LEARNER = "fedmrg.report.fl_learner.FedMRGLearner"
 
 
 def _save_decoder(path: Path, num_layers: int) -> str:
@@ -79,10 +80,10 @@ def _overrides(dirs) -> dict:
             "decoder": {"path": dirs["job"]["decoder.path"]}}  # fmt: skip
 
 
-def _learner(dirs, model_paths: dict[str, str] | None = None) -> JobFedMRGLearner:
-    learner = JobFedMRGLearner(overrides=_overrides(dirs))
+def _learner(dirs, model_paths: dict[str, str] | None = None) -> FedMRGLearner:
+    learner = FedMRGLearner(overrides=_overrides(dirs))
     if model_paths is not None:
-        learner.apply_site_config({"model_paths": model_paths, "device": "cpu"})  # other keys: not the learner's
+        learner.apply_site_config(SiteConfig(site="hospital-a", model_paths=model_paths, device="cpu"))
     return learner
 
 
@@ -106,9 +107,11 @@ def test_bad_model_paths_name_the_site_file_and_the_key(tmp_path):
 
 
 def test_setup_refuses_a_bad_key_before_anything_else(tmp_path):
-    learner = JobFedMRGLearner(overrides={"decoder": {"path": "builtin-tiny"}})  # never resolved: nothing is built
-    with pytest.raises(ConfigError, match="unknown key 'model.path'"):
-        learner.setup("hospital-a", str(tmp_path), {"data_root": str(tmp_path), "model_paths": {"model.path": "/"}})
+    learner = FedMRGLearner(overrides={"decoder": {"path": "builtin-tiny"}})  # never resolved: nothing is built
+    site = SiteConfig(site="hospital-a", source="/kit/local/fedmrg_site.json", data_root=str(tmp_path),
+                      model_paths={"model.path": "/"})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"/kit/local/fedmrg_site.json `model_paths`: unknown key 'model.path'"):
+        learner.setup("hospital-a", str(tmp_path), site)
 
 
 def test_site_directories_replace_the_jobs_and_give_the_same_model(dirs):

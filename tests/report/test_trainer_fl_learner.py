@@ -1,12 +1,17 @@
-"""FedMRGLearner: the FL learner protocol on top of LocalTrainer (numpy float32 states, private S2, bank extra)."""
+"""FedMRGLearner: the FL learner protocol on top of LocalTrainer (numpy float32 states, private S2, bank extra), and
+the site settings it honours or refuses (DP-SGD)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 
 from fedmrg.cli import main
+from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import SharedStateLearner, build_learner, check_state
+from fedmrg.fl.site_config import SiteConfig
+from fedmrg.privacy.dp_config import DPSGDConfig
 
 
 def test_learner_round_trip(tmp_path, tiny_llama_dir):
@@ -28,7 +33,7 @@ def test_learner_round_trip(tmp_path, tiny_llama_dir):
 
     site = build_learner("fedmrg.report.fl_learner.FedMRGLearner", args)
     assert isinstance(site, SharedStateLearner)
-    site.setup("site-1", str(tmp_path / "ws"), {"data_root": str(data)})
+    site.setup("site-1", str(tmp_path / "ws"), SiteConfig(site="site-1", data_root=str(data)))
     assert site.shared_keys() == sorted(initial)
     out = site.train(initial, round_num=0, extra={})
     check_state(out.shared_state, site.shared_keys(), what="upload")
@@ -55,11 +60,61 @@ def test_learner_round_trip(tmp_path, tiny_llama_dir):
     assert all(np.array_equal(restored._private[k].numpy(), site._private[k].numpy()) for k in site._private)
 
 
-def test_base_learner_refuses_site_model_paths_it_cannot_apply(tmp_path):
-    import pytest
-
-    from fedmrg.errors import ConfigError
+def test_the_former_learner_path_is_the_same_class():
+    from fedmrg.report.fl_job_learner import JobFedMRGLearner
     from fedmrg.report.fl_learner import FedMRGLearner
 
-    with pytest.raises(ConfigError, match="`model_paths`.*JobFedMRGLearner"):
-        FedMRGLearner().setup("site-1", str(tmp_path), {"model_paths": {"decoder.path": "/models/x"}})
+    assert JobFedMRGLearner is FedMRGLearner  # one class, configured, not subclassed
+    assert FedMRGLearner.__bases__ == (object,)
+
+
+def _tiny_config(tmp_path, tiny_llama_dir, **extra) -> str:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "encoder": {"preset": "resnet-tiny", "image_size": 32},
+        "decoder": {"path": str(tiny_llama_dir), "mode": "llm", "max_report_tokens": 16},
+        "training": {"batch_size": 2, "rounds": 1, "device": "cpu"},
+    } | extra))  # fmt: skip
+    return str(config)
+
+
+DP_ON = {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("job_extra", "site_dp", "message"),
+    [
+        # the job keeps the contrastive loss: the site's DP-SGD cannot be honoured, refused before any data
+        (
+            {},
+            DP_ON,
+            r"site 'site-1' /kit/fedmrg_site.json: `dp_sgd` cannot be honoured with this job: .*no_contrastive",
+        ),
+        # the job enables DP-SGD; a site may tune it, never switch it off
+        (
+            {"ablations": {"no_contrastive": True}, "privacy": {"dp_sgd": DP_ON}},
+            DPSGDConfig(enabled=False),
+            r"/kit/fedmrg_site.json `dp_sgd.enabled` is false but the job enables DP-SGD",
+        ),
+    ],
+    ids=["cannot-honour", "site-switches-job-dp-off"],
+)
+def test_a_dp_setting_that_cannot_be_honoured_stops_the_site(tmp_path, tiny_llama_dir, job_extra, site_dp, message):
+    from fedmrg.report.fl_learner import FedMRGLearner
+
+    dp = site_dp if isinstance(site_dp, DPSGDConfig) else DPSGDConfig(**site_dp)
+    site = SiteConfig(site="site-1", source="/kit/fedmrg_site.json", data_root=str(tmp_path / "no-data"), dp_sgd=dp)
+    learner = FedMRGLearner(config=_tiny_config(tmp_path, tiny_llama_dir, **job_extra))
+    with pytest.raises(ConfigError, match=message):
+        learner.setup("site-1", str(tmp_path / "ws"), site)
+    assert learner._data is None and learner._trainer is None  # never got as far as the data
+
+
+def test_a_site_switches_dp_sgd_on_for_itself(tmp_path, tiny_llama_dir):
+    from fedmrg.report.fl_learner import FedMRGLearner
+
+    learner = FedMRGLearner(config=_tiny_config(tmp_path, tiny_llama_dir, ablations={"no_contrastive": True}))
+    assert not learner._load_config().model.privacy.dp_sgd.enabled  # the job alone: off
+    learner.apply_site_config(SiteConfig(site="site-1", dp_sgd=DPSGDConfig(**DP_ON, max_epsilon=8.0), device="cpu"))
+    dp = learner._load_config().model.privacy.dp_sgd
+    assert dp.enabled and dp.noise_multiplier == 1.0 and dp.max_epsilon == 8.0

@@ -110,6 +110,7 @@ def _prefetch(job: Path) -> None:
     """
     import importlib
 
+    from fedmrg.fl.site_config import SiteConfig
     from fedmrg.job import job_class_paths
     from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
@@ -125,7 +126,8 @@ def _prefetch(job: Path) -> None:
         print(f"    data: {data}", file=sys.stderr)
         # a site's code path once (setup, then a 2-study validation: data, MONAI, trainer, metrics)
         with tempfile.TemporaryDirectory() as workspace:
-            learner.setup(_sites(job)[0][0], workspace, {"data_root": str(data)})
+            site = _sites(job)[0][0]
+            learner.setup(site, workspace, SiteConfig(site=site, data_root=str(data)))
             learner.validate(learner.initial_shared_state(), personalized=False, split="val")
     for module in [*SIMULATOR_MODULES, *(path.rpartition(".")[0] for path in job_class_paths(job))]:
         importlib.import_module(module)

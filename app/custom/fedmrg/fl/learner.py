@@ -17,9 +17,16 @@ Life cycle at a site (all calls from one thread, in this order)::
 
 On the server only ``LearnerClass(**learner_args).initial_shared_state()`` is called (no ``setup``), so that method
 must build the model from the constructor arguments alone, deterministically from their seed. Optional hook: a
-learner with ``apply_site_config(config: dict)`` gets the participant's own ``fedmrg_site.json`` before its model is
-built (the server's from :class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`; at a site the learner calls
-it from ``setup``), e.g. for local model directories (``model_paths``).
+learner with ``apply_site_config(config: SiteConfig)`` gets the participant's own ``fedmrg_site.json`` before its
+model is built (the server's from :class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`; at a site the
+learner calls it from ``setup``), e.g. for local model directories (``model_paths``).
+
+Site settings arrive typed (:class:`~fedmrg.fl.site_config.SiteConfig`, already checked for unknown keys and types).
+A learner must honour every setting it is given or raise :class:`~fedmrg.errors.ConfigError` in ``setup`` naming
+``config.where(key)`` (e.g. ``model_paths`` it cannot apply). Privacy: a learner that trains with DP-SGD when
+``config.dp_sgd`` enables it declares the class attribute ``honours_dp_sgd = True`` and reports
+``dp/epsilon`` (:data:`~fedmrg.privacy.dp_config.DP_EPSILON_METRIC`) in every ``TrainOutcome.metrics``; the executor
+refuses a DP-SGD site whose learner does not declare it, and withholds an update without the metric.
 
 State dictionaries map the shared-key names (:meth:`SharedStateLearner.shared_keys`, e.g. FedMRG's ``encoder.*`` and
 ``adapter.*``) to numpy ``float32`` arrays on the CPU. A learner's ``shared_keys()`` must equal the keys of its
@@ -36,6 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fedmrg.errors import ConfigError
+from fedmrg.fl.site_config import SiteConfig
 
 #: A model state: shared-key name -> float32 array.
 State = dict[str, np.ndarray]
@@ -64,14 +72,15 @@ class TrainOutcome:
 class SharedStateLearner(Protocol):
     """A site's local trainer, seen by the federated plumbing only through shared (travelling) state."""
 
-    def setup(self, site_name: str, workspace_dir: str, config: dict[str, Any]) -> None:
+    def setup(self, site_name: str, workspace_dir: str, config: SiteConfig) -> None:
         """Load data and build the model (called once per client process, at START_RUN).
 
         Args:
             site_name: the FLARE client name, e.g. ``"site-1"``.
             workspace_dir: a folder of this site's run where the learner may write files (logs, caches).
-            config: site-local runtime settings: ``data_root`` (str, resolved by the executor, may be ``""``) plus
-                whatever the site's ``fedmrg_site.json`` adds (e.g. ``device``); see ``fedmrg.fl.site_config``.
+            config: the site's own settings (``fedmrg_site.json``, typed): ``data_root`` resolved by the executor
+                (absolute or ``""``), ``role``, ``device``, ``torch_threads``, ``model_paths``, ``dp_sgd``; see
+                :mod:`fedmrg.fl.site_config`. ConfigError when a setting cannot be honoured.
         """
         ...
 

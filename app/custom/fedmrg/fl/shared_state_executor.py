@@ -20,6 +20,14 @@ with ``TASK_UNSUPPORTED`` and the header ``FedHeaderKey.ROLE`` (our ScatterAndGa
 tasks; see :mod:`fedmrg.fl.resumable_scatter_and_gather`) and takes part in cross-site evaluation only: the benchmark's unseen site. A site's ``test_split`` in ``fedmrg_site.json``
 replaces the job's (an unseen site of a prepared dataset has only ``test``).
 
+Site configuration (:mod:`fedmrg.fl.site_config`) is read at START_RUN, checked against the job's clients (a
+``sites`` section for a name that is not a client is refused) and handed to ``learner.setup`` as a typed
+:class:`~fedmrg.fl.site_config.SiteConfig`. A site that cannot start (an invalid ``fedmrg_site.json``, a learner that
+refuses a setting) refuses every task of the job with ``EXECUTION_EXCEPTION`` and the reason (file, key, remedy) in
+the reply's ``FedHeaderKey.ERROR``: it never trains. Privacy fails closed: a site whose ``fedmrg_site.json`` enables
+``dp_sgd`` runs only a learner that declares ``honours_dp_sgd = True``, and each of its updates must report
+``dp/epsilon`` in its train metrics, or the update is withheld (``EXECUTION_RESULT_ERROR``).
+
 The private state is saved in ``private_dir`` after every round and loaded at START_RUN, so it survives rounds,
 client-process restarts (the simulator recreates processes when ``-t`` < ``-n``) and, with a ``private_dir``
 outside the run, restarted runs.
@@ -33,6 +41,7 @@ one-line error instead of a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -50,11 +59,13 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.security.logging import secure_format_exception
 
+from fedmrg.errors import ConfigError
 from fedmrg.fl.checks import check_bool, check_dict, check_dotted_path, check_str
 from fedmrg.fl.constants import FedHeaderKey, FedMetaKey
 from fedmrg.fl.learner import SharedStateLearner, State, TrainOutcome, build_learner, check_state
-from fedmrg.fl.site_config import load_site_config, resolve_data_root
+from fedmrg.fl.site_config import SITE_CONFIG_FILE, load_site_config, resolve_data_root
 from fedmrg.fl.state_files import load_state, replace_dir, save_state
+from fedmrg.privacy.dp_config import DP_EPSILON_METRIC
 from fedmrg.privacy.errors import PrivacyBudgetExhausted
 
 _PRIVATE_SUBDIR = "private"
@@ -149,6 +160,7 @@ class SharedStateExecutor(Executor):
         self._test_split = test_split
         self._private_root: Path | None = None
         self._setup_error = ""
+        self._dp_sgd_required = False
 
     # -- START_RUN ---------------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -163,19 +175,28 @@ class SharedStateExecutor(Executor):
             root = Path(workspace.get_root_dir())
             app_dir = Path(workspace.get_app_dir(job_id))
             app_dir.mkdir(parents=True, exist_ok=True)
-            site_cfg = load_site_config(workspace.get_site_config_dir(), self._site)
+            site_cfg = load_site_config(
+                workspace.get_site_config_dir(), self._site, participants=_job_participants(fl_ctx, self._site)
+            )
             # the learner sees the role too: an evaluation-only site skips its training setup
-            self._role = site_cfg.get("role", "train")
-            self._test_split = site_cfg.pop("test_split", self.test_split)
+            self._role = site_cfg.role
+            self._test_split = site_cfg.test_split or self.test_split
             data_root, source = resolve_data_root(
                 self.data_root_template, self._site, site_config=site_cfg, environ=os.environ, base_dir=root
             )
+            site_cfg = dataclasses.replace(site_cfg, data_root=data_root, data_root_source=source)
             self.log_info(fl_ctx, f"site {self._site}: data root {data_root or '(none)'} (from {source})")
             self._private_root = self._resolve_private_root(root, app_dir, job_id)
 
             self.learner = build_learner(self.learner_path, self.learner_args)
-            config = {k: v for k, v in site_cfg.items() if k != "data_root"} | {"data_root": data_root}
-            self.learner.setup(self._site, str(app_dir), config)
+            if site_cfg.requires_dp_sgd and getattr(self.learner, "honours_dp_sgd", False) is not True:
+                raise ConfigError(
+                    f"{site_cfg.where('dp_sgd.enabled')} asks for DP-SGD, which {self.learner_path} cannot honour "
+                    f"(it does not declare `honours_dp_sgd = True`): the site refuses this job; run a learner with "
+                    f"DP-SGD or remove `dp_sgd` from the file"
+                )
+            self._dp_sgd_required = site_cfg.requires_dp_sgd
+            self.learner.setup(self._site, str(app_dir), site_cfg)
             self._keys = sorted(self.learner.shared_keys())
             private = self._private_root / _PRIVATE_SUBDIR
             if private.is_dir():
@@ -303,6 +324,12 @@ class SharedStateExecutor(Executor):
         n = outcome.num_samples
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
             raise _TaskError(f"TrainOutcome.num_samples must be an int > 0, got {n!r}", bad)
+        if self._dp_sgd_required and DP_EPSILON_METRIC not in (outcome.metrics or {}):
+            raise _TaskError(
+                f"the site's {SITE_CONFIG_FILE} asks for DP-SGD (`dp_sgd.enabled`) but this round reports no "
+                f"`{DP_EPSILON_METRIC}`: the update is withheld (privacy fails closed)",
+                bad,
+            )
         try:
             state = check_state(outcome.shared_state, self._keys, what=f"trained shared state ({where})")
             metrics = _check_metrics(outcome.metrics, f"TrainOutcome.metrics ({where})")
@@ -353,6 +380,17 @@ class SharedStateExecutor(Executor):
         state = check_state(state, self._keys, what=f"local model {path}")
         self.log_info(fl_ctx, f"{where}: submitting local model of round {meta.get('round', '?')}")
         return DXO(data_kind=DataKind.WEIGHTS, data=state).to_shareable()
+
+
+def _job_participants(fl_ctx: FLContext, site: str) -> list[str]:
+    """Names of the job's clients (FLARE gives each client the list at START_RUN: ``engine.get_clients()``).
+
+    ``[site]`` when the engine gives none, so that a ``sites`` section for another name is refused, never ignored.
+    """
+    get_clients = getattr(fl_ctx.get_engine(), "get_clients", None)
+    clients = get_clients() if callable(get_clients) else None
+    names = sorted({c.name for c in clients or [] if getattr(c, "name", None)})
+    return names or [site]
 
 
 def _error_reply(rc: str, message: str) -> Shareable:

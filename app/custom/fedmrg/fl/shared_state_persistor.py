@@ -31,6 +31,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.model_desc import ModelDescriptor
 from nvflare.security.logging import secure_format_exception
 
+from fedmrg.errors import ConfigError
 from fedmrg.fl.checks import check_bool, check_dict, check_dotted_path, check_str
 from fedmrg.fl.learner import State, build_learner, check_state, state_nbytes
 from fedmrg.fl.site_config import load_site_config
@@ -158,16 +159,20 @@ class SharedStatePersistor(ModelPersistor):
             return check_state(state, None, what=f"initial state file {path}"), str(path)
         learner = build_learner(self.learner_path, self.learner_args)
         workspace = fl_ctx.get_engine().get_workspace()
-        site_config = load_site_config(workspace.get_site_config_dir(), fl_ctx.get_identity_name() or None)
+        # the server reads its own section only; every site checks the section names against the job's clients
+        site_config = load_site_config(workspace.get_site_config_dir(), fl_ctx.get_identity_name() or "server")
         if callable(getattr(learner, "apply_site_config", None)):  # optional hook, see fedmrg.fl.learner
             learner.apply_site_config(site_config)
-        elif site_config:
-            self.log_warning(fl_ctx, f"{self.learner_path} takes no site settings: fedmrg_site.json not applied")
+        elif site_config.model_paths:
+            raise ConfigError(
+                f"{site_config.where('model_paths')}: {self.learner_path} takes no site settings (no "
+                f"`apply_site_config`); remove `model_paths` from the server's file"
+            )
         keys = sorted(learner.shared_keys())
         state = check_state(learner.initial_shared_state(), keys, what=f"{self.learner_path}.initial_shared_state()")
         source = f"{self.learner_path}.initial_shared_state()"
-        if "model_paths" in site_config:
-            source += f" with the model_paths of fedmrg_site.json {site_config['model_paths']}"
+        if site_config.model_paths:
+            source += f" with the model_paths of fedmrg_site.json {site_config.model_paths}"
         return state, source
 
     def get_resume_round(self, fl_ctx: FLContext) -> int | None:

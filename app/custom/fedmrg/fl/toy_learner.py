@@ -26,6 +26,7 @@ import torch
 
 from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import State, TrainOutcome
+from fedmrg.fl.site_config import SiteConfig
 from fedmrg.fl.state_files import load_state, save_state
 
 _PRIVATE_FILE = "toy_private.safetensors"
@@ -116,8 +117,8 @@ class ToyLearner:
         return {f"shared.{k}": v.detach().numpy().copy() for k, v in self.shared.state_dict().items()}
 
     # -- life cycle --------------------------------------------------------------------------------------------
-    def setup(self, site_name: str, workspace_dir: str, config: dict[str, Any]) -> None:
-        root = config.get("data_root") or ""
+    def setup(self, site_name: str, workspace_dir: str, config: SiteConfig) -> None:
+        root = config.data_root
         if self.require_data_root and not Path(root).is_dir():
             raise ConfigError(f"site {site_name!r}: data root {root or '(none)'} does not exist")
         self.site_name = site_name
@@ -126,7 +127,7 @@ class ToyLearner:
         self.generic_head.load_state_dict(self.head.state_dict())
         self.data = {split: self._make_split(split, n) for split, n in self._splits().items()}
         self._events = Path(workspace_dir) / EVENTS_FILE
-        self._log("setup", data_root=config.get("data_root", ""), config_keys=sorted(config))
+        self._log("setup", data_root=config.data_root, config_keys=list(config.explicit_keys))
 
     def _splits(self) -> dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_val}

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from fedmrg.report.config import FedMRGConfig
 
 Accountant = Literal["rdp", "prv"]
+#: train metric every DP-SGD round reports (epsilon spent so far at ``delta``); a site whose configuration asks for
+#: DP-SGD never sends an update without it (:class:`~fedmrg.fl.shared_state_executor.SharedStateExecutor`)
+DP_EPSILON_METRIC = "dp/epsilon"
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -93,21 +99,39 @@ class PrivacyConfig:
     dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
 
 
-def apply_site_dp_sgd(model_config: Any, settings: Any, *, site: str) -> Any:
-    """``model_config`` (a FedMRGConfig) with ``privacy.dp_sgd`` replaced by a site's own settings.
+def apply_site_dp_sgd(
+    model_config: FedMRGConfig, settings: DPSGDConfig | dict[str, Any], *, site: str, source: str = "fedmrg_site.json"
+) -> FedMRGConfig:
+    """``model_config`` with ``privacy.dp_sgd`` replaced by a site's own settings.
 
     A hospital switches DP-SGD on for its site alone with the key ``dp_sgd`` in its ``local/fedmrg_site.json``
-    (e.g. ``{"dp_sgd": {"enabled": true, "noise_multiplier": 1.0, "max_epsilon": 8}}``); the site's settings replace
-    the job's entirely. The architecture and the shared keys do not change, so the site stays compatible with the
-    federation. ConfigError naming the site when the settings are invalid or clash with the job (e.g. the job uses
-    the contrastive loss).
+    (e.g. ``{"dp_sgd": {"enabled": true, "noise_multiplier": 1.0, "max_epsilon": 8}}``; read and typed by
+    :mod:`fedmrg.fl.site_config`); the site's settings replace the job's entirely. The architecture and the shared
+    keys do not change, so the site stays compatible with the federation.
+
+    Args:
+        model_config: the run's model configuration.
+        settings: the site's ``dp_sgd`` (typed, or the raw mapping, checked strictly here).
+        site: the site's name (in messages).
+        source: the file the settings come from (in messages).
+
+    Raises:
+        ConfigError: naming the site, the file and the key when the settings are invalid or clash with the job (e.g.
+            the job uses the contrastive loss), with the remedy.
     """
     from fedmrg.config import from_dict
     from fedmrg.errors import ConfigError
 
-    source = f"site {site!r} fedmrg_site.json"
-    dp = from_dict(DPSGDConfig, settings, source=source, _prefix="dp_sgd.")
+    where = f"site {site!r} {source}"
+    dp = (
+        settings
+        if isinstance(settings, DPSGDConfig)
+        else from_dict(DPSGDConfig, settings, source=where, _prefix="dp_sgd.")
+    )
     try:
         return dataclasses.replace(model_config, privacy=PrivacyConfig(dp_sgd=dp))
     except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from e
+        raise ConfigError(
+            f"{where}: `dp_sgd` cannot be honoured with this job: {e}; change the job (e.g. `fedmrg job variant "
+            f"... --set learner.overrides.ablations.no_contrastive=true`) or remove `dp_sgd` from the file"
+        ) from e

@@ -36,7 +36,8 @@ METER = "fedmrg.fl.wire_bytes_meter.WireBytesMeter"
 DEFAULTS = {"clip_norm": 1.0, "max_weight": 1000, "threshold": 0, "min_sites": 3, "identity": "auto"}
 #: learner path -> (learner_args dotted key, value) that switches its extra payloads off
 EXTRAS_OFF = {
-    "fedmrg.report.fl_job_learner.JobFedMRGLearner": ("overrides.memory_bank.upload_per_round", 0),
+    "fedmrg.report.fl_learner.FedMRGLearner": ("overrides.memory_bank.upload_per_round", 0),
+    "fedmrg.report.fl_job_learner.JobFedMRGLearner": ("overrides.memory_bank.upload_per_round", 0),  # same class
     "fedmrg.fl.toy_learner.ToyLearner": ("bank_size", 0),
 }
 
