@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with the most-frequent-training-report baseline. Writes metrics JSON and predictions JSONL.",
         formatter_class=fmt,
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by `fedmrg train`")
+    _model_arguments(p)
     p.add_argument("--data", type=Path, required=True, help="federated dataset directory")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default test)")
     p.add_argument(
@@ -80,14 +80,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the report and the 14 diagnosis states for images (PNG / JPG / DICOM)",
         formatter_class=fmt,
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by `fedmrg train`")
-    p.add_argument("--site", help="use this site's specialized adapter (default: the run's only one, else G)")
+    _model_arguments(p)
+    p.add_argument("--site", help="use this site's specialized adapter (default: the model's only one, else G)")
     p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone")
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
     p.add_argument("--device", default="auto", help="torch device (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="also write a CSV table, one row per image")
+    p.add_argument("--sr", type=Path, metavar="DIR", help="also write a DICOM Basic Text SR per image into DIR "
+                   "(<image name>.sr.dcm; a DICOM image's study and patient are copied into it)")  # fmt: skip
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, BMP, DICOM)")
     p.set_defaults(func=run_generate)
+
+    p = subparsers.add_parser(
+        "export",
+        help="write a self-contained model folder from a run (global model + one site's specialized adapter)",
+        description="Export the model of SOURCE (a simulator workspace, its server/simulate_job/app_server folder, "
+        "FL_global_model.safetensors, a `fedmrg train` run folder or a `fedmrg demo --out` folder) into a folder "
+        "that `fedmrg generate / evaluate / serve --model` and a fresh Python process load without FLARE: encoder, "
+        "projector and diagnosis head (safetensors), base LM and tokenizer (from_pretrained folder), generic and "
+        "specialized adapters (PEFT), run configuration and a model card (README.md).",
+        formatter_class=fmt,
+    )
+    p.add_argument("source", type=Path, help="the run output to export")
+    p.add_argument("--site", help="include this training site's specialized adapter (default: generic only)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
         "inspect-model",
@@ -111,6 +130,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, help="an exported model (fedmrg export), a `fedmrg train` run folder, "
+                       "a simulator workspace (or its app_server folder or FL_global_model.safetensors) or a "
+                       "`fedmrg demo --out` folder")  # fmt: skip
+    which.add_argument("--checkpoint", type=Path, dest="model", help="the same as --model")
 
 
 def _config_path(value: str | Path | None) -> Path:
@@ -174,7 +201,7 @@ def run_train(args: argparse.Namespace) -> int:
             shared, private = result.shared_state, result.private_state
             adapter = "mixed" if model.has_specialized else "generic"
             val_metrics = evaluate_loss(model, val, batch_size=t.eval_batch_size, adapter=adapter) if len(val) else {}
-            trainer._log_scalars(val_metrics, step=r, prefix="val/")
+            trainer.scalars.log(val_metrics, step=r, group="val/")
             record = {"round": r, "num_samples": result.num_samples, **result.metrics}
             record |= {f"val/{k}": v for k, v in val_metrics.items()}
             history.append(record)
@@ -202,7 +229,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from fedmrg.data.dataset_dir import FederatedDataset
     from fedmrg.errors import DataError
-    from fedmrg.report.checkpoint import load_run
     from fedmrg.report.data_loading import dataset_records, open_split
     from fedmrg.report.evaluation import (
         generate_for_dataset,
@@ -211,14 +237,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         score_rows,
         write_predictions,
     )
+    from fedmrg.report.export import load_model
     from fedmrg.report.trainer import resolve_device
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    loaded = load_run(args.checkpoint, site=args.site, generic_only=args.generic_only,
-                      device=resolve_device(args.device))  # fmt: skip
+    # --site names the data; a site without a specialized adapter here (an unseen one) is scored with G alone
+    loaded = load_model(args.model, site=args.site, generic_only=args.generic_only, require_site=False,
+                        device=resolve_device(args.device))  # fmt: skip
+    _say(f"adapter: {_adapter_words(loaded)}")
     data = FederatedDataset.open(args.data)
     dataset = open_split(data, site=args.site, split=args.split, image_size=loaded.config.model.encoder.image_size)
     records = dataset_records(dataset)
@@ -240,10 +269,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = score_rows(rows)
     train_sites = [args.site] if args.site in data.sites else list(data.sites)
     baseline = most_frequent_baseline((r.report for s in train_sites for r in data.split(s, "train")), rows)
-    out: Path = args.out or args.checkpoint / "eval" / f"{args.site or 'all'}-{args.split}"
+    home = args.model if args.model.is_dir() else args.model.parent
+    out: Path = args.out or home / "eval" / f"{args.site or 'all'}-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "checkpoint": str(args.checkpoint),
+        "model": str(args.model),
         "data": str(args.data),
         "site": args.site,
         "split": args.split,
@@ -268,31 +298,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- generate
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
+def _adapter_words(loaded: Any) -> str:
+    if loaded.private_site is None:
+        return "generic adapter G alone"
+    return f"personalized: G mixed with the specialized adapter of {loaded.private_site}"
 
-    from fedmrg.data.images import image_transform, load_image
-    from fedmrg.report.checkpoint import load_run
-    from fedmrg.report.evaluation import describe_states
+
+def run_generate(args: argparse.Namespace) -> int:
+    from fedmrg.inference.outputs import to_csv, to_json, to_text, write_dicom_sr
+    from fedmrg.inference.predict import Predictor
+    from fedmrg.report.export import load_model
     from fedmrg.report.trainer import resolve_device
 
-    loaded = load_run(args.checkpoint, site=args.site, generic_only=args.generic_only,
-                      device=resolve_device(args.device))  # fmt: skip
-    to_model = image_transform(loaded.config.model.encoder.image_size)
-    images = torch.stack([to_model(load_image(p)) for p in args.images])  # DataError names an unreadable file
-    device = next(loaded.model.parameters()).device
-    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
-    gen = loaded.model.generate(images.to(device), generic_only=loaded.adapter == "generic", **kwargs)
-    described = describe_states(gen.states, gen.state_probs) or [None] * len(gen.reports)
-    for path, report, states in zip(args.images, gen.reports, described, strict=True):
-        row: dict[str, Any] = {"image": str(path), "report": report, "adapter": loaded.adapter, "states": states}
-        if args.json:
-            print(json.dumps(row, ensure_ascii=False))
-            continue
-        print(f"== {path}\n{report}")
-        if states:
-            for obs, s in states.items():
-                print(f"  {obs:<28}{s['state']:<10}p={s['probabilities'][s['state']]:.2f}")
+    loaded = load_model(args.model, site=args.site, generic_only=args.generic_only,
+                        device=resolve_device(args.device))  # fmt: skip
+    _say(f"adapter: {_adapter_words(loaded)}")
+    preds = Predictor(loaded).predict_files(args.images, num_beams=args.num_beams)  # DataError names a bad file
+    for path, pred in zip(args.images, preds, strict=True):
+        print(to_json(pred) if args.json else to_text(pred))
+        if args.sr:
+            sr = write_dicom_sr(pred, args.sr / f"{path.name}.sr.dcm", source_image=path)
+            _say(f"DICOM SR: {sr}")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(to_csv(preds), encoding="utf-8")
+        _say(f"CSV: {args.csv}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from fedmrg.report.export import export_model
+
+    out = export_model(args.source, site=args.site, out=args.out, overwrite=args.overwrite)
+    print(f"model folder: {out}\nmodel card:   {out / 'README.md'}\n"
+          f"use it:       fedmrg generate --model {out} IMAGE.png")  # fmt: skip
     return 0
 
 
