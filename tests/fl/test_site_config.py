@@ -93,7 +93,7 @@ def test_site_sections_win_over_the_top_level(tmp_path):
             {"sites": {"site-1": {"dp-sgd": {}}}},
             r"unknown key `sites.site-1.dp-sgd`; did you mean `sites.site-1.dp_sgd`",
         ),
-        ({"sites": {"site-2": {"dp_sdg": {}}}}, r"unknown key `sites.site-2.dp_sdg`"),
+        ({"sites": {"site-1": {"dp_sdg": {}}}}, r"unknown key `sites.site-1.dp_sdg`"),
         ({"devise": "cuda:0"}, r"unknown key `devise`; did you mean `device`"),
         ({"sites": {"site-1": {"sites": {}}}}, r"unknown key `sites.site-1.sites`"),
         ({"dp_sgd": {"enabled": True, "sigma": 1.0}}, r"unknown key `dp_sgd.sigma`"),
@@ -110,25 +110,33 @@ def test_site_sections_win_over_the_top_level(tmp_path):
         ({"dp_sgd": {"noise_multiplier": 1.0}}, r"`dp_sgd` has no `enabled`"),
         ({"dp_sgd": {"enabled": True}}, r"`dp_sgd`: give exactly one of `noise_multiplier` and `target_epsilon`"),
         (
-            {"sites": {"site-2": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "delta": 2.0}}}},
-            r"`sites.site-2.dp_sgd.delta` must be in \(0, 1\)",
+            {"sites": {"site-1": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "delta": 2.0}}}},
+            r"`sites.site-1.dp_sgd.delta` must be in \(0, 1\)",
         ),
         # contradiction only after merging: the top level's sigma plus the section's target epsilon
         (
             {
                 "dp_sgd": {"enabled": True, "noise_multiplier": 1.0},
-                "sites": {"site-2": {"dp_sgd": {"target_epsilon": 3.0}}},
+                "sites": {"site-1": {"dp_sgd": {"target_epsilon": 3.0}}},
             },
             r"give exactly one of `noise_multiplier` and `target_epsilon`",
         ),
     ],
 )
 def test_refusals_name_the_file_the_key_and_the_remedy(tmp_path, cfg, message):
-    """Every section is checked whichever site reads the file (site-1 here)."""
+    """site-1 reads the file: the top level and its own section are checked, and every section name."""
     _write(tmp_path, cfg)
     with pytest.raises(ConfigError, match=message) as info:
         load_site_config(tmp_path, "site-1", participants=["site-1", "site-2"])
     assert str(tmp_path / "fedmrg_site.json") in str(info.value)
+
+
+def test_a_typo_in_another_sites_section_stops_that_site_only(tmp_path):
+    """As in a provisioned federation, where hospital B's typo is in hospital B's own file."""
+    _write(tmp_path, {"device": "cpu", "sites": {"site-2": {"dp_sdg": {"enabled": True}}}})
+    assert load_site_config(tmp_path, "site-1", participants=["site-1", "site-2"]).device == "cpu"
+    with pytest.raises(ConfigError, match=r"unknown key `sites.site-2.dp_sdg`; did you mean `sites.site-2.dp_sgd`"):
+        load_site_config(tmp_path, "site-2", participants=["site-1", "site-2"])
 
 
 def test_site_names_are_checked_only_against_a_known_list(tmp_path):

@@ -42,7 +42,9 @@ What is refused (:class:`~fedmrg.errors.ConfigError`; the message names the file
   otherwise read as "DP off"), and every rule of :class:`~fedmrg.privacy.dp_config.DPSGDConfig` (e.g. both
   ``noise_multiplier`` and ``target_epsilon``).
 
-Every section is checked whichever site reads the file, so a typo in another site's section is found at every site.
+Each participant checks the top level and its own section (a typo in ``sites.site-2`` stops site-2, as a typo in
+hospital B's own file stops hospital B); a section whose name is no participant belongs to nobody and stops every
+site that knows the participants.
 
 Data root: the job gives a template (``data_root_template`` of the executor, e.g. ``"/data/fedmrg/{site}"``); a
 hospital overrides it without editing the job, first found wins:
@@ -199,17 +201,14 @@ def parse_site_config(
             f"{source}: `sites` must map a site name to an object of settings, got {type(sections).__name__} "
             f'{sections!r}; write {{"sites": {{"site-1": {{...}}}}}} (see {DOCS})'
         )
-    _check_keys(raw, "", source, allowed=_FILE_KEYS)
-    top = {k: v for k, v in raw.items() if k != "sites"}
     for name, section in sections.items():
         if not isinstance(section, dict):
             raise ConfigError(
                 f"{source}: `sites.{name}` must be an object of settings, got {type(section).__name__} {section!r}"
             )
-        _check_keys(section, f"sites.{name}.", source, allowed=_SITE_KEYS)
-    from_dict_checked(SiteSettings, top, source)  # types and values of every key, every section
-    for name, section in sections.items():
-        from_dict_checked(SiteSettings, section, source, f"sites.{name}.")
+    _check_keys(raw, "", source, allowed=_FILE_KEYS)
+    top = {k: v for k, v in raw.items() if k != "sites"}
+    from_dict_checked(SiteSettings, top, source)  # types and values of the top level
     if participants is not None:
         known = set(participants) | {site_name}
         for name in sections:
@@ -220,10 +219,12 @@ def parse_site_config(
                     f"{source}: `sites.{name}`: no participant of this job is named {name!r} (participants: "
                     f"{', '.join(sorted(known))}); {hint}rename the section to a participant's name or remove it"
                 )
-    # every site's merged settings must be consistent, whichever site reads the file
-    resolved = {name: _merged(top, section, source, f"sites.{name}.") for name, section in sections.items()}
-    own = resolved[site_name] if site_name in resolved else _merged(top, {}, source, "")
-    settings, keys = own
+    # this site's section: its keys, types and values, then merged over the top level (other participants' sections
+    # are theirs: each site checks its own, as each hospital of a provisioned federation has its own file)
+    section = sections.get(site_name, {})
+    _check_keys(section, f"sites.{site_name}.", source, allowed=_SITE_KEYS)
+    from_dict_checked(SiteSettings, section, source, f"sites.{site_name}.")
+    settings, keys = _merged(top, section, source, f"sites.{site_name}." if site_name in sections else "")
     return SiteConfig(
         site=site_name,
         source=source,
