@@ -55,7 +55,7 @@ def test_prepare_iu_kaggle_with_rendered_images_then_inspect(tmp_path, capsys):
             "--site-profiles", "clean,bright-noisy,soft-blur", "--seed", "3", "--out", str(out)]  # fmt: skip
     assert _run(*argv) == 0
     printed = capsys.readouterr().out
-    assert "skipped 1 input item(s): empty findings and impression: 1" in printed
+    assert "skipped 1 input item(s)" in printed and "      1  empty findings and impression" in printed
 
     ds = FederatedDataset.open(out)
     assert ds.sites == ("hosp-a", "hosp-b") and ds.unseen_sites == ("unseen-1",)

@@ -6,6 +6,10 @@ Examples::
     fedmrg data prepare --source iu-kaggle --input ../shared/data/iu_xray --render-missing \\
         --sites 5 --partition cluster --seed 0 --out data/fl_iu_cluster
     fedmrg data inspect data/fl_iu_cluster --png data/fl_iu_cluster/overview.png
+
+`prepare` opens every image the source lists (decodable, 2-D, DICOM Modality CR / DX / RG) unless
+--no-check-images, writes every left-out item with its reason to skipped.csv beside manifest.json, and removes the
+IU de-identification marks (XXXX) from the reports unless --keep-deid-marks. Details: docs/data.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedmrg.data.image_checks import RADIOGRAPH_MODALITIES
 from fedmrg.data.partition import PARTITION_METHODS
 from fedmrg.errors import ConfigError, DataError
 
@@ -55,6 +60,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--render-missing",
         action="store_true",
         help="draw an image from the report's labels for every absent image (marked synthetic)",
+    )
+    p.add_argument("--no-check-images", action="store_true",
+                   help="do not open the source's images (by default each is decoded and must be a 2-D radiograph; "
+                        "failures are skipped and listed in skipped.csv)")  # fmt: skip
+    p.add_argument("--image-modalities", default=",".join(RADIOGRAPH_MODALITIES),
+                   help="DICOM Modality codes accepted by the image check, comma-separated, or `any` "
+                        "(default CR,DX,RG: projection radiographs)")  # fmt: skip
+    p.add_argument("--check-workers", type=int, default=1,
+                   help="processes that open images for the check (default 1)")  # fmt: skip
+    p.add_argument("--keep-deid-marks", action="store_true",
+                   help="keep IU X-ray's de-identification marks (XXXX) in the reports (default: removed, "
+                        "fedmrg.data.cleaning.remove_deid_marks; labels are computed before removal either way)")  # fmt: skip
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="use only the first N studies the reader returns (a quick trial; recorded in the manifest)",
     )
     p.add_argument("--num-studies", type=int, default=300, help="studies to generate for `synthetic` (default 300)")
     p.add_argument(
@@ -105,6 +126,11 @@ def prepare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-studies must be >= 1, got {args.num_studies}")
     if args.image_size < 16:
         raise ConfigError(f"--image-size must be >= 16 pixels, got {args.image_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.check_workers < 1:
+        raise ConfigError(f"--check-workers must be >= 1, got {args.check_workers}")
+    _modalities(args.image_modalities)  # refuse a malformed list before any work
     out = args.out
     _check_out_dir(out, args.overwrite)
 
@@ -113,7 +139,7 @@ def prepare(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        records, skipped, label_source, source_info = _load(args, tmp)
+        records, skipped, label_source, source_info, extra = _load(args, tmp)
         part = partition_records(records, config)
         manifest = write_federated_dataset(
             tmp,
@@ -123,6 +149,7 @@ def prepare(args: argparse.Namespace) -> int:
             profiles={n: profile_table[n].to_dict() for n in set(site_profiles.values())},
             skipped=skipped,
             label_source=label_source,
+            extra=extra,
         )
         if out.exists():
             shutil.rmtree(out)
@@ -132,6 +159,18 @@ def prepare(args: argparse.Namespace) -> int:
         raise
     _print_prepared(manifest, out, time.perf_counter() - t0)
     return 0
+
+
+def _modalities(value: str) -> tuple[str, ...] | None:
+    """``--image-modalities``: None for ``any``, else upper-case DICOM codes."""
+    if value.strip().lower() == "any":
+        return None
+    codes = tuple(c.strip().upper() for c in value.split(","))
+    if not all(c.isalnum() and 1 <= len(c) <= 16 for c in codes):
+        raise ConfigError(
+            f"--image-modalities {value!r}: give comma-separated DICOM Modality codes (e.g. CR,DX,RG) or `any`"
+        )
+    return codes
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -172,13 +211,22 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
             )
 
 
-def _load(args: argparse.Namespace, work: Path) -> tuple[list, dict[str, int], str | None, dict[str, Any]]:
-    """Records, skip counts, label source and the manifest's ``source`` entry; images generated under ``work``."""
+def _load(args: argparse.Namespace, work: Path) -> tuple[list, list, str | None, dict[str, Any], dict[str, Any]]:
+    """Records, skipped items, label source, the manifest's ``source`` entry and its further entries
+    (``image_check``, ``report_text``); images generated under ``work``.
+
+    Order: read, ``--limit``, image check, label (on the text as written), remove de-identification marks, render.
+    """
+    from fedmrg.data.readers.common import absolute
+
+    input_path = absolute(args.input) if args.input else None
+    image_root = absolute(args.image_root) if args.image_root else None
     source_info: dict[str, Any] = {
         "name": args.source,
-        "input": str(args.input.resolve()) if args.input else None,
-        "image_root": str(args.image_root.resolve()) if args.image_root else None,
+        "input": str(input_path) if input_path else None,
+        "image_root": str(image_root) if image_root else None,
     }
+    extra: dict[str, Any] = {}
     if args.source == "synthetic":
         from fedmrg.data.synthetic import make_synthetic_studies
 
@@ -195,28 +243,72 @@ def _load(args: argparse.Namespace, work: Path) -> tuple[list, dict[str, int], s
         source_info.update(
             num_studies=args.num_studies, n_styles=n_styles, image_size=args.image_size, label_skew=args.label_skew
         )
-        return records, {}, "synthetic", source_info
+        extra["image_check"] = {"enabled": False, "reason": "images generated by fedmrg"}
+        extra["report_text"] = _remove_deid_marks(records, keep=args.keep_deid_marks)
+        return records, [], "synthetic", source_info, extra
 
     from fedmrg.data.readers import read_source
 
     options: dict[str, Any] = {}
-    if args.image_root is not None:
-        options["image_root"] = args.image_root
-    if args.render_missing or args.missing_images:
-        options["missing_images"] = "keep" if args.render_missing else args.missing_images
-    print(f"reading {args.source} from {args.input} ...", file=sys.stderr)
-    result = read_source(args.source, args.input, **options)
-    skipped = result.skip_summary()
+    if image_root is not None:
+        options["image_root"] = image_root
+    missing_images = "keep" if args.render_missing else args.missing_images
+    if missing_images:
+        options["missing_images"] = missing_images
+    print(f"reading {args.source} from {input_path} ...", file=sys.stderr)
+    result = read_source(args.source, input_path, **options)
+    skipped = list(result.skipped)
     records = result.records
+    if args.limit is not None and len(records) > args.limit:
+        source_info["limit"] = args.limit
+        source_info["studies_read"] = len(records)
+        records = records[: args.limit]
+    if args.no_check_images:
+        extra["image_check"] = {"enabled": False, "reason": "--no-check-images"}
+    else:
+        from fedmrg.data.image_checks import check_record_images
+
+        modalities = _modalities(args.image_modalities)
+        checked = check_record_images(
+            records, modalities=modalities, missing_images=missing_images or "skip", workers=args.check_workers
+        )
+        records, skipped = checked.records, skipped + checked.skipped
+        extra["image_check"] = checked.summary(modalities)
     if not records:
         raise DataError(
-            f"{args.input}: the {args.source} reader found no usable studies (skipped: {skipped or 'none'})"
+            f"{input_path}: the {args.source} reader found no usable studies (skipped: {_by_reason(skipped) or 'none'})"
         )
     label_source = _label(records)
+    extra["report_text"] = _remove_deid_marks(records, keep=args.keep_deid_marks)
     if args.render_missing:
         n = _render_missing(records, work, seed=args.seed, size=args.image_size)
         source_info["rendered_images"] = n
-    return records, skipped, label_source, source_info
+    return records, skipped, label_source, source_info, extra
+
+
+def _by_reason(skipped: list) -> dict[str, int]:
+    """Skip counts per reason kind (the text before the first ``:``), as the manifest stores them."""
+    out: dict[str, int] = {}
+    for s in skipped:
+        key = s.reason.split(":", 1)[0]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _remove_deid_marks(records: list, *, keep: bool) -> dict[str, Any]:
+    """Remove de-identification marks from every record's findings and impression, in place (unless ``keep``);
+    returns the manifest's ``report_text`` entry."""
+    if keep:
+        return {"deid_marks": "kept"}
+    from fedmrg.data.cleaning import remove_deid_marks
+
+    changed = 0
+    for r in records:
+        findings, impression = remove_deid_marks(r.findings), remove_deid_marks(r.impression)
+        if (findings, impression) != (r.findings, r.impression):
+            r.findings, r.impression = findings, impression
+            changed += 1
+    return {"deid_marks": "removed", "function": "fedmrg.data.cleaning.remove_deid_marks", "studies_changed": changed}
 
 
 def _label(records: list) -> str:
@@ -269,12 +361,17 @@ def _print_prepared(manifest: dict[str, Any], out: Path, seconds: float) -> None
     print(f"  {'test':<14} {'':<13} {manifest['test']['studies']:>12}")
     for s in manifest["unseen"]:
         print(f"  {s['name']:<14} {s['profile']:<13} test {s['splits']['test']['studies']:>7}  (unseen)")
+    check = manifest.get("image_check", {})
+    if check.get("enabled"):
+        print(f"image check: {check['checked']} image(s) opened, {check['failed']} failed")
+    else:
+        print(f"image check: off ({check.get('reason', 'not recorded')})")
     skipped = manifest["skipped"]
     if skipped:
-        print(
-            f"skipped {manifest['skipped_total']} input item(s): " + ", ".join(f"{k}: {v}" for k, v in skipped.items())
-        )
-        if any("image" in k for k in skipped):
+        print(f"skipped {manifest['skipped_total']} input item(s), each listed in {out / manifest['skipped_file']}:")
+        for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]):
+            print(f"  {v:>7}  {k}")
+        if "image not found" in skipped or "no usable images" in skipped:
             print("  (studies without image files: pass --render-missing, or --missing-images keep for report-only)")
     else:
         print("skipped 0 input items")

@@ -26,6 +26,7 @@ from fedmrg.data.readers.base import ReadResult
 from fedmrg.data.readers.common import (
     MissingImages,
     SkipLog,
+    absolute,
     check_missing_images,
     clean_text,
     collect_images,
@@ -61,7 +62,7 @@ def read(
         Records with ``source="annotation-json"`` and the split named by the file.
     """
     check_missing_images(NAME, missing_images)
-    path = Path(path).expanduser()
+    path = absolute(path)
     if path.is_dir():
         path = path / "annotation.json"
     if not path.is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -63,15 +64,25 @@ def check_missing_images(source: str, value: str) -> None:
         raise DataError(f"{source}: `missing_images` must be one of {MISSING_IMAGES}, got {value!r}")
 
 
+def absolute(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory (symlinks kept).
+
+    Readers build image paths from it, so the records they return name files that exist wherever they are used.
+    """
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def require_dir(path: str | Path, what: str) -> Path:
-    p = Path(path).expanduser()
+    """``path`` as an absolute directory (:func:`absolute`), else DataError naming it."""
+    p = absolute(path)
     if not p.is_dir():
         raise DataError(f"{p}: {what} not found (expected a directory)")
     return p
 
 
 def require_file(path: str | Path, what: str) -> Path:
-    p = Path(path).expanduser()
+    """``path`` as an absolute file path (:func:`absolute`), else DataError naming it."""
+    p = absolute(path)
     if not p.is_file():
         raise DataError(f"{p}: {what} not found")
     return p
