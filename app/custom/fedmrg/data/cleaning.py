@@ -12,6 +12,11 @@ character for character, quirks included (research notes, ``mrg.md`` section 2.5
 - The result is the sentences joined by ``" . "`` with ``" ."`` appended.
 
 Pure functions of a string; no tokenizer or vocabulary is involved.
+
+:func:`remove_deid_marks` is not part of R2Gen: it deletes IU X-ray's de-identification marks (``XXXX``, words an
+automatic de-identifier removed, most of them anatomical words such as "bones" or "vasculature") from report text
+so that a model never learns to write them; ``fedmrg data prepare`` applies it to the reports it writes unless
+``--keep-deid-marks`` is given.
 """
 
 from __future__ import annotations
@@ -85,3 +90,65 @@ def clean_report(report: str, style: Literal["iu", "mimic"]) -> str:
     if style not in CLEANERS:
         raise ValueError(f"`style` must be one of {sorted(CLEANERS)}, got {style!r}")
     return CLEANERS[style](report)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# de-identification marks
+
+_MARK = re.compile(r"x{4,}", re.I)
+#: ``x-XXXX`` is always "x-ray" in IU X-ray ("chest x-XXXX", "Negative chest x-XXXX."): the one mark restored.
+_XRAY = re.compile(r"\b([xX])-x{4,}\b", re.I)
+_TOKEN_WITH_MARK = re.compile(r"\S*x{4,}\S*", re.I)
+_LEAD = re.compile(r"^[(\[{\"']*")
+_TRAIL = re.compile(r"[)\]}\"'.,;:!?]*$")
+#: Parts of a hyphenated / slashed compound left meaningless once its marked part is gone ("XXXX-of-view").
+_CONNECTORS = frozenset({"a", "an", "of", "the", "and", "or", "to", "in"})
+
+
+def _strip_marked_token(token: str) -> str:
+    lead = _LEAD.match(token).group(0)  # type: ignore[union-attr]
+    rest = token[len(lead) :]
+    trail = _TRAIL.search(rest).group(0)  # type: ignore[union-attr]
+    core = rest[: len(rest) - len(trail)]
+    pieces = re.split(r"([-/])", core)  # [part, sep, part, sep, part ...]
+    kept: list[tuple[str, str]] = []  # (separator before, part)
+    for i in range(0, len(pieces), 2):
+        part = re.sub(r"x{4,}(?:'[a-z]*)?", "", pieces[i], flags=re.I)
+        if part:
+            kept.append((pieces[i - 1] if i else "", part))
+    while kept and kept[0][1].lower() in _CONNECTORS:
+        kept.pop(0)
+    while kept and kept[-1][1].lower() in _CONNECTORS:
+        kept.pop()
+    core = "".join((sep if j else "") + part for j, (sep, part) in enumerate(kept))
+    if not core:
+        return trail.lstrip(")]}\"'")
+    return lead + core + trail
+
+
+def remove_deid_marks(text: str) -> str:
+    """Delete de-identification marks (``XXXX``, any case, 4 or more x) and repair the text around them.
+
+    ``x-XXXX`` becomes ``x-ray``; every other marked word is deleted (a mark inside a compound deletes that part:
+    ``XXXX-filled`` -> ``filled``); then empty brackets, spaces before punctuation, repeated commas and sentences
+    left empty are removed. Words are never invented: "The XXXX are intact." becomes "The are intact.". Newlines
+    are kept. Idempotent; text without marks is returned unchanged.
+
+    >>> remove_deid_marks("No XXXX of pleural effusion. XXXX. Negative chest x-XXXX.")
+    'No of pleural effusion. Negative chest x-ray.'
+    >>> remove_deid_marks("Heart XXXX, mediastinum, XXXX, and lungs are normal.")
+    'Heart, mediastinum, and lungs are normal.'
+    """
+    if not _MARK.search(text):
+        return text
+    text = _XRAY.sub(lambda m: f"{m.group(1)}-ray", text)
+    text = _TOKEN_WITH_MARK.sub(lambda m: _strip_marked_token(m.group(0)), text)
+    text = re.sub(r"[(\[{]\s*[)\]}]", "", text)  # "( )" left by "(XXXX)"
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r"[ \t]+(?=[.,;:!?)\]}])", "", text)  # "pulmonary ." -> "pulmonary."
+    text = re.sub(r",(?:\s*,)+", ",", text)  # ", ," -> ","
+    text = re.sub(r",\s*(?=[.;:!?])", "", text)  # ",." -> "."
+    text = re.sub(r"([.;:!?])(?:\s*[.,;:](?![0-9]))+", r"\1", text)  # "clear. . Heart" / "normal.." / ". , and"
+    text = re.sub(r"^\s*[.,;:]+\s*", "", text)  # a report that began with a mark
+    text = re.sub(r"^[ \t]+|[ \t]+$", "", text, flags=re.M)
+    return text
