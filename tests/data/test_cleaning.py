@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmrg.data.cleaning import clean_report, clean_report_iu, clean_report_mimic
+from fedmrg.data.cleaning import clean_report, clean_report_iu, clean_report_mimic, remove_deid_marks
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,72 @@ def test_docstring_examples():
     import fedmrg.data.cleaning as cleaning
 
     assert doctest.testmod(cleaning).failed == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# de-identification marks (not R2Gen): expected outputs written by hand
+
+
+# Real IU X-ray report text (indiana_reports.csv; the test below checks that it occurs there).
+REAL_MARKED = [
+    (
+        "Normal pulmonary vasculature. No XXXX of pleural effusions. No infiltrates. Normal X-XXXX of chest.",
+        "Normal pulmonary vasculature. No of pleural effusions. No infiltrates. Normal X-ray of chest.",
+    ),
+    (
+        "Stable postsurgical changes. Heart XXXX, mediastinum and lung XXXX are unremarkable.",
+        "Stable postsurgical changes. Heart, mediastinum and lung are unremarkable.",
+    ),
+    (
+        "Borderline cardiomegaly. Midline sternotomy XXXX. Enlarged pulmonary arteries. Clear lungs. "
+        "Inferior XXXX XXXX XXXX.",
+        "Borderline cardiomegaly. Midline sternotomy. Enlarged pulmonary arteries. Clear lungs. Inferior.",
+    ),
+    ("There are XXXX-filled loops of mildly dilated colon", "There are filled loops of mildly dilated colon"),
+    (
+        "On a previous outside XXXX scan (XXXX), the right upper lobe",
+        "On a previous outside scan, the right upper lobe",
+    ),
+]
+# Made-up edge cases: only marks, lower case, a mark-only sentence between two others, no mark at all.
+MADE_UP = [
+    ("XXXX XXXX.", ""),
+    ("the lungs are clear of xxxx . heart normal .", "the lungs are clear of. heart normal."),
+    ("Lungs clear. XXXX. Heart normal.\nNo effusion.", "Lungs clear. Heart normal.\nNo effusion."),
+    ("No marks here: 2.5 cm, stable.", "No marks here: 2.5 cm, stable."),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), REAL_MARKED + MADE_UP)
+def test_remove_deid_marks(text, expected):
+    assert remove_deid_marks(text) == expected
+    assert remove_deid_marks(expected) == expected, "idempotent"
+
+
+def _iu_reports(iu_dir) -> list[str]:
+    import csv
+
+    with (iu_dir / "indiana_reports.csv").open(newline="", encoding="utf-8") as f:
+        return [t for row in csv.DictReader(f) for t in (row["findings"], row["impression"]) if t.strip()]
+
+
+def test_remove_deid_marks_on_every_real_iu_report(iu_dir):
+    texts = _iu_reports(iu_dir)
+    marked = [t for t in texts if "XXXX" in t]
+    assert len(marked) > 1000, "IU X-ray reports carry many XXXX marks"
+    joined = "\n".join(texts)
+    for text, _ in REAL_MARKED:
+        for sentence in text.split(". "):
+            assert sentence in joined, sentence
+    for t in texts:
+        out = remove_deid_marks(t)
+        if "XXXX" not in t:
+            assert out == t
+            continue
+        low = out.lower()
+        assert "xxx" not in low, (t, out)
+        assert "  " not in out and " ." not in out and " ," not in out and ",," not in out and ". ." not in out, out
+        assert not out.startswith((".", ",")), out
+        assert remove_deid_marks(out) == out
+        cleaned = clean_report_iu(out)
+        assert "xxx" not in cleaned and "ofxxx" not in cleaned.replace(" ", ""), cleaned
