@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,13 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
     cmd = [sys.executable, "-m", "fedmrg.cli", "demo", "--out", str(out), "--rounds", "1", "--local-steps", "2",
            "--set", "min_clients=2", "--set", f"learner.overrides={json.dumps(TINY)}",
            "--set", f"learner.synthetic={json.dumps(SYNTHETIC)}", "--set", "learner.validate_max_studies=2"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # stderr merged into stdout: the order of the lines is the order they were printed in
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    # the round's row is printed while the simulator runs (before the "simulator done" line), not all at the end
+    row = proc.stdout.index("\n| 0 | ")
+    assert row < proc.stdout.index("simulator done in")
+    assert proc.stdout.count("\n| 0 | ") == 1
 
     summary = json.loads((out / "workspace/server/simulate_job/app_server/summary/summary.json").read_text())
     # the unseen site was never sent the train task (the demo names it in `evaluation_sites`); the two training sites
@@ -45,6 +51,15 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
     # the printed tables name every site, the unseen one marked
     assert "| unseen-1 (unseen) |" in proc.stdout and "| site-2 |" in proc.stdout
     assert "summary.png" in proc.stdout
+    # closing lines: the data folder (a link into the cache), a model folder per training site, a generate command
+    data = out / "data"
+    assert data.is_symlink() and (data / "manifest.json").is_file() and f"data:         {data}" in proc.stdout
+    for site in ("site-1", "site-2"):
+        assert (out / "models" / site).is_dir() and f"model:        {out / 'models' / site}" in proc.stdout
+    assert not (out / "models" / "unseen-1").exists()
+    generate = proc.stdout.split("write a report:\n", 1)[1].splitlines()[0].split()
+    assert generate[:3] == ["fedmrg", "generate", "--model"] and Path(generate[3]) == out / "models" / "site-1"
+    assert Path(generate[4]).is_file() and Path(generate[4]).resolve().is_relative_to(data.resolve())
 
 
 def test_a_failing_preparation_stops_the_demo_with_an_error(tmp_path):

@@ -1,8 +1,9 @@
 """End to end: `nvflare simulator` on a 2-site, 2-round variant of jobs/fedmrg with the tiny built-in models.
 
-The variant is written by ``fedmrg job variant`` (the documented way to change a job); the workspace's allow-list by
-``fedmrg job workspace`` plus the test-only wire recorder of ``tests/fl/sim_plugins``. ``-t 1`` makes the simulator
-recreate each client process between tasks, so round 1 can only use a site's specialized adapter by reloading it.
+The variant is written by ``fedmrg job variant`` (the documented way to change a job); it carries ``app/custom/`` like
+the base job, so FLARE builds the test-only wire recorder of ``tests/fl/sim_plugins`` (on ``PYTHONPATH``) with no
+allow-list step. ``-t 1`` makes the simulator recreate each client process between tasks, so round 1 can only use a
+site's specialized adapter by reloading it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedmrg.fl.state_files import load_state
-from fedmrg.job import TINY_MODEL_OVERRIDES, prepare_workspace, simulator_command, write_variant
+from fedmrg.job import TINY_MODEL_OVERRIDES, simulator_command, write_variant
 from fedmrg.paths import REPO_ROOT
 
 SITES = ["site-1", "site-2"]
@@ -59,7 +60,6 @@ def test_fedmrg_job_two_sites_two_rounds(tmp_path, monkeypatch):
     job = write_variant(Path(REPO_ROOT) / "jobs" / "fedmrg", tmp_path / "fedmrg-test", sets)
     _add_recorder_drop_cross_site(job, tmp_path / "wire")
     ws = tmp_path / "ws"
-    prepare_workspace(job, ws, extra=[RECORDER])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
     env["OMP_NUM_THREADS"] = "1"
     cmd = simulator_command(job, ws, sites=2, threads=1)

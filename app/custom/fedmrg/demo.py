@@ -146,9 +146,20 @@ def _prefetch_in_child(job: Path) -> None:
         )
 
 
+def _write_variant_in_child(base: Path, out: Path, sets: list[str]) -> Path:
+    """:func:`fedmrg.job.write_variant` in a child process: its checks import the learner (and torch), which the demo
+    should not hold in memory while the simulator runs. A refused override raises here as in the child."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fedmrg.job import write_variant
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(write_variant, base, out, sets, overwrite=True).result()
+
+
 def run(args: argparse.Namespace) -> int:
     from fedmrg.errors import FedMRGError
-    from fedmrg.job import is_byoc, prepare_workspace, simulator_command, write_variant
+    from fedmrg.job import is_byoc, prepare_workspace, simulator_command
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     _, unseen = _sites(base)
     if unseen:  # the server never sends them the train task (they would download the model only to decline it)
         sets.insert(0, f"server.scatter_and_gather.evaluation_sites={json.dumps(unseen)}")
-    job = write_variant(base, out / "job", sets, overwrite=True) if sets else base
+    job = _write_variant_in_child(base, out / "job", sets) if sets else base
     sites, unseen = _sites(job)
 
     print("[1/4] built-in models and synthetic data (cached after the first run)", file=sys.stderr)
