@@ -34,6 +34,7 @@ def _arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 def test_bfloat16_matches_torch_rounding():
     import torch  # the reference implementation of bf16 rounding
+
     x = np.random.default_rng(1).normal(0, 10, 10_000).astype(np.float32)
     x[:4] = [0.0, -0.0, 1e-40, 3.0e38]
     ours = from_bfloat16_bits(to_bfloat16_bits(x))

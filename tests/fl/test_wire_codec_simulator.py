@@ -1,8 +1,8 @@
 """End to end: `nvflare simulator` on a copy of jobs/toy with the wire codec on both directions.
 
-The test edits its own job copy: clients encode their ``train`` / ``submit_model`` results (``int8-row`` deltas) and
-decode the model sent down; the server decodes results *after* its byte meter and encodes the model it sends
-(``bfloat16``) *before* its meter, so the run summary counts the encoded bytes. A test-only recorder
+The test edits its own job copy with :func:`fedmrg.fl.wire_codec.apply_wire_codec`: clients encode their ``train``
+results (``int8-row`` deltas) and decode the model sent down; the server decodes results *after* its byte meter and
+encodes the model it sends (``bfloat16``) *before* its meter, so the run summary counts the encoded bytes. A test-only recorder
 (``tests/fl/sim_plugins/wire_recorder.py``) placed after the client's encoder records what left the site.
 """
 
@@ -19,13 +19,21 @@ import pytest
 
 from fedmrg.fl.state_files import load_state
 from fedmrg.fl.toy_learner import ToyLearner
+from fedmrg.fl.wire_codec import apply_wire_codec
 from fedmrg.job import simulator_command
 from fedmrg.paths import REPO_ROOT
 
 SITES = ["site-1", "site-2"]
-TOY_ARGS = {"in_features": 8, "hidden": 16, "num_train": 32, "num_val": 16, "local_steps": 10, "bank_size": 3, "seed": 0}
+TOY_ARGS = {
+    "in_features": 8,
+    "hidden": 16,
+    "num_train": 32,
+    "num_val": 16,
+    "local_steps": 10,
+    "bank_size": 3,
+    "seed": 0,
+}
 PLUGINS = Path(__file__).parent / "sim_plugins"
-CODEC = "fedmrg.fl.wire_codec"
 ALLOW = [
     "fedmrg.fl.",
     "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator",
@@ -34,40 +42,29 @@ ALLOW = [
 ]
 
 
-def _edit(path: Path, fn) -> None:
-    cfg = json.loads(path.read_text())
-    fn(cfg)
-    path.write_text(json.dumps(cfg, indent=2))
-
-
 def _make_job(tmp: Path, *, up_codec: str, down_codec: str) -> Path:
     job = tmp / "job"
     shutil.copytree(Path(REPO_ROOT) / "jobs" / "toy", job)
-    rec_dir = str(tmp / "wire")
-
-    def server(cfg):
-        for c in cfg["components"]:
-            if c["id"] == "persistor":
-                c["args"] |= {"learner_args": TOY_ARGS}
-        sag = cfg["workflows"][0]
-        sag["args"]["num_rounds"] = 2
-        cfg["workflows"] = [sag]  # no cross-site evaluation: rounds only
-        for chain in cfg["task_data_filters"]:  # encode the model sent down, before the meter measures it
-            if "train" in chain["tasks"]:
-                chain["filters"].insert(-1, {"path": f"{CODEC}.WireEncodeFilter", "args": {"codec": down_codec}})
-        for chain in cfg["task_result_filters"]:  # decode after the meter: it counts what crossed the wire
-            chain["filters"].append({"path": f"{CODEC}.WireDecodeFilter", "args": {}})
-
-    def client(cfg):
-        cfg["executors"][0]["executor"]["args"] |= {"learner_args": TOY_ARGS}
-        recorder = {"path": "wire_recorder.WireRecorder", "args": {"out_dir": rec_dir}}
-        tasks = ["train", "validate", "submit_model"]
-        encode = {"path": f"{CODEC}.WireEncodeFilter", "args": {"codec": up_codec}}
-        cfg["task_result_filters"] = [{"tasks": tasks, "filters": [encode, recorder]}]
-        cfg["task_data_filters"] = [{"tasks": tasks, "filters": [{"path": f"{CODEC}.WireDecodeFilter", "args": {}}]}]
-
-    _edit(job / "app" / "config" / "config_fed_server.json", server)
-    _edit(job / "app" / "config" / "config_fed_client.json", client)
+    server_path, client_path = (
+        job / "app" / "config" / "config_fed_server.json",
+        job / "app" / "config" / "config_fed_client.json",
+    )
+    server, client = json.loads(server_path.read_text()), json.loads(client_path.read_text())
+    for c in server["components"]:
+        if c["id"] == "persistor":
+            c["args"] |= {"learner_args": TOY_ARGS}
+    sag = server["workflows"][0]
+    sag["args"]["num_rounds"] = 2
+    server["workflows"] = [sag]  # no cross-site evaluation: rounds only
+    client["executors"][0]["executor"]["args"] |= {"learner_args": TOY_ARGS}
+    client["task_result_filters"], client["task_data_filters"] = [], []
+    apply_wire_codec(server, client, up=up_codec, down=down_codec)
+    # the recorder last in the client's result chains: it sees what leaves the site
+    recorder = {"path": "wire_recorder.WireRecorder", "args": {"out_dir": str(tmp / "wire")}}
+    for chain in client["task_result_filters"]:
+        chain["filters"].append(recorder)
+    server_path.write_text(json.dumps(server, indent=2))
+    client_path.write_text(json.dumps(client, indent=2))
     return job
 
 

@@ -37,6 +37,7 @@ ring elements (halving them needs a 16-bit ring in the protocol, with a smaller 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -233,3 +234,70 @@ class WireDecodeFilter(DXOFilter):
         data = decode_arrays(dxo.data, info.get("codec"), info["keys"])
         meta = {k: v for k, v in dxo.meta.items() if k != WIRE_CODEC_META}
         return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------ job configs
+_ENCODE = f"{__name__}.WireEncodeFilter"
+_DECODE = f"{__name__}.WireDecodeFilter"
+_METER = "fedmrg.fl.wire_bytes_meter.WireBytesMeter"
+_MASK = "fedmrg.privacy.secure_aggregation.mask_filter.SecureAggregationMaskFilter"
+
+
+def _insert(cfg: dict[str, Any], key: str, tasks: list[str], flt: dict[str, Any], where: str) -> None:
+    """Insert ``flt`` into every chain of ``cfg[key]`` that covers one of ``tasks`` (FLARE allows one chain per task),
+    and a new chain for the tasks none covers. ``where``: "first", "last", "after-meter" (after the first
+    WireBytesMeter, else first) or "before-meter" (before the last meter, else last)."""
+    chains = cfg.setdefault(key, [])
+    if not isinstance(chains, list):
+        raise ConfigError(f"`{key}` must be a list of filter chains, got {type(chains).__name__}")
+    covered: set[str] = set()
+    for chain in chains:
+        if not set(tasks) & set(chain.get("tasks", [])):
+            continue
+        covered |= set(chain["tasks"])
+        filters = chain.setdefault("filters", [])
+        meters = [i for i, f in enumerate(filters) if f.get("path") == _METER]
+        pos = {
+            "first": 0,
+            "last": len(filters),
+            "after-meter": meters[0] + 1 if meters else 0,
+            "before-meter": meters[-1] if meters else len(filters),
+        }[where]
+        filters.insert(pos, dict(flt))
+    missing = [t for t in tasks if t not in covered]
+    if missing:
+        chains.append({"tasks": missing, "filters": [dict(flt)]})
+
+
+def apply_wire_codec(
+    server: dict[str, Any], client: dict[str, Any], *, up: str = "bfloat16", down: str = "float32"
+) -> None:
+    """Put the codec filters into FLARE ``format_version`` 2 server / client config dicts, in place.
+
+    ``up`` encodes the client's ``train`` / ``submit_model`` results last in its chain (after a DP filter: clip and
+    noise on float32 first) and decodes them on the server right after its
+    :class:`~fedmrg.fl.wire_bytes_meter.WireBytesMeter`; ``down`` (16-bit or ``float32``) encodes the server's
+    ``train`` / ``validate`` / ``submit_model`` task data right before its meter and decodes it first on the client.
+
+    Raises:
+        ConfigError: unknown codec, an 8-bit ``down`` codec, a job with secure aggregation, or codec filters
+            already present.
+    """
+    check_codec(up, where="up")
+    check_codec(down, where="down")
+    if down in EIGHT_BIT:
+        raise ConfigError(f"`down` codec {down!r}: the model sent down is WEIGHTS; use bfloat16, float16 or float32")
+    text = json.dumps([server, client])
+    if _MASK in text and up != "float32":
+        raise ConfigError("this job uses secure aggregation: masked results cannot be wire-encoded (see wire_codec)")
+    if _ENCODE in text or _DECODE in text:
+        raise ConfigError("the job already has wire-codec filters")
+    decode = {"path": _DECODE, "args": {}}
+    if up != "float32":
+        tasks = ["train", "submit_model"]
+        _insert(client, "task_result_filters", tasks, {"path": _ENCODE, "args": {"codec": up}}, "last")
+        _insert(server, "task_result_filters", tasks, decode, "after-meter")
+    if down != "float32":
+        tasks = ["train", "validate", "submit_model"]
+        _insert(server, "task_data_filters", tasks, {"path": _ENCODE, "args": {"codec": down}}, "before-meter")
+        _insert(client, "task_data_filters", tasks, decode, "first")

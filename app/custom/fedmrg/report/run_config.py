@@ -10,7 +10,9 @@ level is a :class:`FedMRGConfig` (same keys) with one extra section, ``training`
 
 Built-in models: ``encoder.path`` / ``decoder.path`` may be ``builtin`` (the default small Llama and ResNet of
 :func:`fedmrg.report.builtin.ensure_builtin_models`, built once and cached) or ``builtin-tiny`` (the seconds-fast
-recipe used by tests). They are resolved to cache directories when the file is loaded; :func:`run_config_to_dict`
+recipe used by tests); ``encoder.path`` may also be ``builtin-ssl``: the built-in ResNet after self-supervised
+pretraining on images the project renders (:mod:`fedmrg.report.builtin_encoder`, built once and cached). They are
+resolved to cache directories when the file is loaded; :func:`run_config_to_dict`
 writes the keyword back, so a saved run stays portable. Other relative paths resolve against the YAML file.
 """
 
@@ -28,7 +30,9 @@ from fedmrg.report.config import FedMRGConfig
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 #: Model-path keywords that name a built-in model instead of a directory.
-BUILTIN_KEYWORDS: tuple[str, ...] = ("builtin", "builtin-tiny")
+BUILTIN_KEYWORDS: tuple[str, ...] = ("builtin", "builtin-tiny", "builtin-ssl")
+#: Keywords valid for the encoder only (a pretrained variant of the built-in encoder).
+ENCODER_ONLY_KEYWORDS: tuple[str, ...] = ("builtin-ssl",)
 _BUILTIN_FIELDS = {("decoder", "path"): "decoder_dir", ("encoder", "path"): "encoder_dir"}
 
 
@@ -53,7 +57,7 @@ class TrainingConfig:
         local_epochs: passes over the local training data per round (fractions allowed; paper: about 0.02).
         max_grad_norm: gradient clipping norm per step (None = no clipping).
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it and on a CPU with native bf16,
-            e.g. AVX512-BF16; float32 otherwise, see :mod:`fedmrg.report.precision`), ``"no"``,
+            e.g. AVX512-BF16; float32 otherwise, see :mod:`fedmrg.training.precision`), ``"no"``,
             ``"bf16"`` or ``"fp16"`` (with a gradient scaler; CUDA only).
         gradient_checkpointing: recompute decoder activations in the backward pass (less memory, ~30 % slower).
         augment: give each study a second randomly augmented view for the contrastive loss (only used when the
@@ -145,6 +149,9 @@ def resolve_builtin_paths(
     }
     if not wanted:
         return data, {}
+    for (section, key), keyword in wanted.items():
+        if keyword in ENCODER_ONLY_KEYWORDS and section != "encoder":
+            raise ConfigError(f"`{section}.{key}: {keyword}` names an encoder; use builtin or a model folder")
     from fedmrg.report.builtin import ensure_builtin_models
     from fedmrg.report.builtin_recipe import tiny_recipe
 
@@ -153,6 +160,11 @@ def resolve_builtin_paths(
         recipe = tiny_recipe() if keyword == "builtin-tiny" else None
         builds[keyword] = ensure_builtin_models(cache_root, recipe=recipe, progress=progress)
     for (section, key), keyword in wanted.items():
+        if keyword == "builtin-ssl":
+            from fedmrg.report.builtin_encoder import ensure_ssl_encoder
+
+            data[section][key] = str(ensure_ssl_encoder(builds[keyword].encoder_dir, cache_root, progress=progress))
+            continue
         data[section][key] = str(getattr(builds[keyword], _BUILTIN_FIELDS[(section, key)]))
     return data, {f"{section}.{key}": keyword for (section, key), keyword in wanted.items()}
 
