@@ -76,7 +76,7 @@ def test_simulator_with_wire_codec(tmp_path):
     (ws / "local" / "resources.json").write_text(json.dumps({"class_allow_list": ALLOW}))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
-        simulator_command(job, ws, sites=2, threads=2), env=env, capture_output=True, text=True, timeout=240
+        simulator_command(job, ws, sites=2, threads=2), env=env, capture_output=True, text=True, timeout=480
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     app = ws / "server" / "simulate_job" / "app_server"
