@@ -51,6 +51,49 @@ def load_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported image format (expected {', '.join(RASTER_SUFFIXES + DICOM_SUFFIXES)})")
 
 
+def sniff_format(head: bytes) -> str | None:
+    """``"dicom"``, ``"png"``, ``"jpeg"`` or ``"bmp"`` from a file's first 132 bytes (magic numbers), else None.
+
+    DICOM Part 10 files carry ``DICM`` after a 128-byte preamble; PNG, JPEG and BMP start with their signatures.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    return None
+
+
+_SNIFFED_SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "bmp": ".bmp"}
+
+
+def load_image_bytes(data: bytes, *, name: str = "upload") -> np.ndarray:
+    """:func:`load_image` for a file's content (e.g. a web upload), the format told by its magic number.
+
+    Args:
+        data: the whole file.
+        name: what error messages call it (e.g. the uploaded file's name).
+
+    Raises:
+        DataError: naming ``name``: not a PNG / JPEG / BMP / DICOM file, or any :func:`load_image` refusal.
+    """
+    import tempfile
+
+    kind = sniff_format(data[:132])
+    if kind is None:
+        raise DataError(f"{name}: not a PNG, JPEG, BMP or DICOM (Part 10) file")
+    with tempfile.TemporaryDirectory(prefix="fedmrg-image-") as tmp:
+        path = Path(tmp) / f"image{_SNIFFED_SUFFIX[kind]}"
+        path.write_bytes(data)
+        try:
+            return load_image(path)
+        except DataError as e:
+            raise DataError(str(e).replace(str(path), name, 1)) from e
+
+
 def check_image(path: str | Path) -> None:
     """Cheap readability check without decoding pixels: PIL ``verify()`` (PNG chunk CRCs) or the DICOM header.
 

@@ -10,7 +10,7 @@
 - a ``fedmrg demo --out`` folder (its ``workspace/``).
 
 In a FLARE workspace the run configuration is the server persistor's ``learner_args`` (``config`` + ``overrides``,
-:class:`~fedmrg.report.fl_job_learner.JobFedMRGLearner`) with the server's ``local/fedmrg_site.json`` model paths,
+:class:`~fedmrg.report.fl_learner.FedMRGLearner`) with the server's ``local/fedmrg_site.json`` model paths,
 as the persistor built the global model. Each training site keeps its specialized adapter S2 in
 ``<site root>/<job>/app_<site>/fedmrg_private/private/private_state.safetensors`` (the executor's default
 ``private_dir``; a configured ``private_dir`` is read from that site's ``config_fed_client.json``).
@@ -32,6 +32,7 @@ GLOBAL_MODEL_FILES: tuple[str, ...] = ("FL_global_model.safetensors", "best_FL_g
 _PRIVATE_FILE = "private_state.safetensors"  # fedmrg.report.fl_learner.PRIVATE_FILE
 _PERSISTOR_PATH = "fedmrg.fl.shared_state_persistor.SharedStatePersistor"
 _EXECUTOR_PATH = "fedmrg.fl.shared_state_executor.SharedStateExecutor"
+_REPORT_LEARNERS = ("fedmrg.report.fl_learner.FedMRGLearner", "fedmrg.report.fl_job_learner.JobFedMRGLearner")
 
 SourceKind = Literal["export", "run", "workspace"]
 
@@ -192,20 +193,15 @@ def _component(config: dict[str, Any], path: str) -> dict[str, Any] | None:
 
 
 def _open_workspace(app: Path, *, global_file: Path | None, named: Path, progress: bool) -> ModelSource:
+    from fedmrg.fl.learner import build_learner
     from fedmrg.fl.site_config import load_site_config
     from fedmrg.fl.state_files import load_state
-    from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
     server_config_file = app / "config" / "config_fed_server.json"
     server_config = _read_json(server_config_file)
     persistor = _component(server_config, _PERSISTOR_PATH)
     if persistor is None:
         raise FedMRGError(f"{server_config_file}: no {_PERSISTOR_PATH} component; not a FedMRG job")
-    if persistor.get("learner_path") != "fedmrg.report.fl_job_learner.JobFedMRGLearner":
-        raise FedMRGError(
-            f"{server_config_file}: the persistor's learner is {persistor.get('learner_path')!r}, not the FedMRG "
-            "report learner (fedmrg.report.fl_job_learner.JobFedMRGLearner); this job has no report model"
-        )
     if global_file is None:
         if persistor.get("state_dir"):
             raise FedMRGError(
@@ -216,8 +212,15 @@ def _open_workspace(app: Path, *, global_file: Path | None, named: Path, progres
     if not global_file.is_file():
         raise FedMRGError(f"{app}: no global model {global_file.name} (did the run finish a round?)")
     job_dir, server_root = app.parent, app.parent.parent
-    learner = JobFedMRGLearner(**(persistor.get("learner_args") or {}))
-    learner.apply_site_config(load_site_config(server_root / "local", "server"))  # as the persistor does
+    learner_path = str(persistor.get("learner_path") or "")
+    if learner_path not in _REPORT_LEARNERS:
+        raise FedMRGError(
+            f"{server_config_file}: the persistor's learner is {learner_path!r}, not the FedMRG report learner "
+            f"({_REPORT_LEARNERS[0]}); this job has no report model"
+        )
+    # the run configuration exactly as the server's persistor built the global model
+    learner = build_learner(learner_path, persistor.get("learner_args") or {})
+    learner.apply_site_config(load_site_config(server_root / "local", "server"))
     config = learner._load_config(progress=progress)
     _, meta = load_state(global_file)
     rnd = int(meta["round"]) if meta.get("round", "").lstrip("-").isdigit() else None
