@@ -108,7 +108,6 @@ class ResumableScatterAndGather(ScatterAndGather):
         self.evaluation_sites = evaluation_sites  # as configured (FLARE's job exporter reads it back)
         self._evaluation_sites: set[str] = set(sites)  # plus the sites learned from their declines
         check_int("round_retries", round_retries, minimum=0)
-        check_int("min_clients", min_clients, minimum=1)
         self.round_retries = round_retries
         self._valid: set[str] = set()  # sites whose update the aggregator accepted in the running attempt
         self._failed: dict[str, str] = {}  # site -> why its reply does not count
@@ -182,10 +181,12 @@ class ResumableScatterAndGather(ScatterAndGather):
             if attempt < self.round_retries:
                 self.log_warning(fl_ctx, f"round {self._current_round}: re-running the round (retry {attempt + 1} "
                                          f"of {self.round_retries}) with the same global model")  # fmt: skip
+        first = self._current_round == self._start_round
+        kept = "the initial global model" if first else f"the global model of round {self._current_round - 1}"
         raise TooFewValidUpdates(
             f"round {self._current_round}: fewer than min_clients={self._min_clients} valid updates after "
-            f"{self.round_retries} retr{'y' if self.round_retries == 1 else 'ies'}; the job stops and the global model "
-            f"of round {self._current_round - 1} stays (raise `round_retries` or fix the sites named above)"
+            f"{self.round_retries} retr{'y' if self.round_retries == 1 else 'ies'}; the job stops and {kept} stays "
+            "(raise `round_retries` or fix the sites named above)"
         )
 
     def check_valid_updates(self, valid: list[str], task: Task, fl_ctx: FLContext, attempt: int = 0) -> bool:
