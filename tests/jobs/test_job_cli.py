@@ -166,3 +166,5 @@ def test_variant_refuses_a_key_given_twice_and_lists_allowed_keys(tmp_path):
         write_variant(JOB, tmp_path / "v", ["learner.local_step=3"])
     with pytest.raises(ConfigError, match="must be an int >= 1"):
         write_variant(JOB, tmp_path / "v", ["rounds=0"])
+    with pytest.raises(ConfigError, match="must be true or false"):
+        write_variant(JOB, tmp_path / "v", ["secure_aggregation=yes"])

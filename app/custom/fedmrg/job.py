@@ -268,7 +268,10 @@ class JobOverrides:
         sync_schedule(server, client, explicit=_get(typed, "overrides.training.rounds") is not None)
         if self.secure_aggregation is not None:
             options = dict(self.secure_aggregation)
-            if options.pop("on", True) is True:
+            on = options.pop("on", True)
+            if not isinstance(on, bool):
+                raise ConfigError(f"--set secure_aggregation: must be true or false, got {on!r}")
+            if on:
                 from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
 
                 apply_secure_aggregation(server, client, options)
@@ -295,10 +298,8 @@ def sync_schedule(server: dict[str, Any], client: dict[str, Any], *, explicit: b
     rounds = workflow.get("num_rounds")
     if rounds is None:
         return
-    holders = [e.get("executor", {}).get("args", {}) for e in client.get("executors", [])]
-    holders += [c.get("args", {}) for c in server.get("components", [])]
-    for args in holders:
-        if "learner_path" not in args or not _learner_takes_overrides(args["learner_path"]):
+    for args in _learner_holders(server, client):
+        if not _learner_takes_overrides(args["learner_path"]):
             continue
         learner_args = args.setdefault("learner_args", {})
         current = _get(learner_args, "overrides.training.rounds")
