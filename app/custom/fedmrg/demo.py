@@ -287,12 +287,15 @@ def _export_models(ws: Path, sites: list[str], out: Path) -> dict[str, Path]:
 
 
 def _example_image(data: Path | None) -> Path | None:
-    """An image of the data folder's test split (else any image), for the printed ``generate`` command."""
+    """The first image of the data folder's in-domain test split, for the printed ``generate`` command."""
     if data is None:
         return None
-    images = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm"))
-    tests = [p for p in images if "test" in p.relative_to(data).parts]
-    return (tests or images or [None])[0]
+    from fedmrg.data.dataset_dir import FederatedDataset
+
+    for record in FederatedDataset.open(data).test():
+        for image in record.images:  # paths are relative to the records file, which is at the dataset's root
+            return data / image.path
+    return None
 
 
 def closing_lines(out: Path, data: Path | None, models: dict[str, Path]) -> str:
