@@ -18,6 +18,7 @@ from fedmrg.report.model import FedMRGModel
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.shared_state import get_private_state, get_shared_state, shared_keys
 from fedmrg.report.trainer import LocalTrainer, cosine_factor, evaluate_loss
+from fedmrg.training import ScalarLog
 
 from .conftest import IMAGE_SIZE, STUDIES
 
@@ -178,10 +179,7 @@ def test_evaluate_loss_drops_after_training(make_config, records, tmp_path):
 
 def test_tensorboard_scalars_are_written(make_config, records, tmp_path):
     trainer = make_trainer(make_config, records, tmp_path, views=False)
-    trainer._writer = None
-    from torch.utils.tensorboard import SummaryWriter
-
-    trainer._writer = SummaryWriter(str(tmp_path / "tb"))
+    trainer.scalars = ScalarLog(tmp_path / "tb", tag_prefix="site-1")
     trainer.train_round(None, None, steps=1)
     trainer.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -134,7 +134,7 @@ def test_clipping_bound_holds_per_sample(make_config, records, tmp_path):
     dp.prepare_round(1, 0)
     model.train()
     params = [p for p in model.trainable_parameters() if p.requires_grad]
-    opt = dp._optimizer(params, 1e-2, 0.0)
+    opt = dp.make_step(params, lr=1e-2).dp_optimizer
     dp_generic_losses(model, batch_of(model, trainer.dataset, [0, 1, 2, 3])).total.backward()
     grads = [p.grad_sample.reshape(4, -1) for p in opt.params]
     norms = torch.cat(grads, dim=1).norm(dim=1)

@@ -1,6 +1,8 @@
 """Patient-level DP-SGD for the FedMRG local trainer, with Opacus (Abadi et al. 2016).
 
-:class:`PatientLevelDP` replaces the trainer's optimizer loop for one round when ``privacy.dp_sgd.enabled``:
+:class:`PatientLevelDP` prepares a FedMRG model for DP-SGD and plugs it into the project's one round loop
+(:func:`fedmrg.training.run_round`, with :class:`fedmrg.training.dp.DPSGD` for the steps, batches and ledger) when
+``privacy.dp_sgd.enabled``:
 
 - **Sampling**: each optimizer step draws a Poisson batch (every study independently with probability
   ``q = batch_size / N``, Opacus ``UniformWithReplacementSampler``), the sampling the accountant assumes. Batches
@@ -32,43 +34,29 @@
 
 from __future__ import annotations
 
-import math
-import secrets
-import time
-import warnings
-from collections import defaultdict
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleHooks, register_grad_sampler
-from opacus.optimizers import DPOptimizer
 from opacus.utils.module_utils import trainable_modules
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import DataLoader
 
-from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.privacy.accounting import PrivacyLedger
+from fedmrg.errors import ConfigError
 from fedmrg.privacy.dp_config import DPSGDConfig
 from fedmrg.report.losses import distillation_losses
 from fedmrg.report.prompt_layout import IGNORE_INDEX
+from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.state_tokens import StateTokenEmbedding
 from fedmrg.report.steps import StepLosses, detach_encoded
+from fedmrg.training.dp import DPSGD, LEDGER_FILE, METRIC_PREFIX, RELEASABLE_METRICS
+from fedmrg.training.loop import Phase
+from fedmrg.training.steps import weight_decay_groups
 
 if TYPE_CHECKING:
     from fedmrg.report.model import FedMRGModel
-    from fedmrg.report.trainer import LocalTrainer
 
-#: File of the patient-level ledger in the site's private-state folder.
-LEDGER_FILE = "dp_sgd_ledger.json"
-#: Metric keys that may leave the site under DP-SGD (privacy parameters and data-independent bookkeeping); the
-#: losses, computed on private batches without noise, stay in the local TensorBoard.
-RELEASABLE_METRICS = ("steps", "lr", "seconds")
-METRIC_PREFIX = "dp/"
 #: Trainable layers whose buffers are constants (not data statistics), allowed under DP-SGD.
 _CONSTANT_BUFFER_MODULES = (StateTokenEmbedding,)
 
@@ -193,26 +181,18 @@ def dp_specialized_losses(model: FedMRGModel, batch: Mapping[str, Any], encoded:
 
 
 # ---------------------------------------------------------------------------------------------------- engine
-def _collate_or_none(collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Callable[[list], Any]:
-    def fn(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return collate(samples) if samples else None  # an empty Poisson batch: a noise-only step
-
-    return fn
-
-
-def _fill_missing_grad_samples(params: list[nn.Parameter], batch_size: int) -> None:
-    """Zero per-sample gradients (batch_size, *shape) for parameters the batch did not reach (or an empty batch)."""
-    for p in params:
-        if getattr(p, "grad_sample", None) is None:
-            p.grad_sample = torch.zeros((batch_size, *p.shape), dtype=p.dtype, device=p.device)
-
-
-class PatientLevelDP:
-    """DP-SGD for one site's :class:`~fedmrg.report.trainer.LocalTrainer` (see the module docstring).
+class PatientLevelDP(DPSGD):
+    """DP-SGD for one site's FedMRG model (see the module docstring): the :class:`~fedmrg.training.dp.DPSGD`
+    accounting plus frozen BatchNorm, Opacus hooks and the per-study G and S losses as two loop phases.
 
     Args:
         config: the ``privacy.dp_sgd`` section (must be enabled).
-        trainer: the site's trainer; its model gets frozen BatchNorm and Opacus hooks here.
+        model: the site's model, already on ``device``; it gets frozen BatchNorm and Opacus hooks here.
+        training: the ``training`` section of the run configuration.
+        site: the site's name (in messages).
+        dataset_size: the number of training studies N.
+        device: the training device.
+        amp_dtype: the autocast dtype of the run (float16 is refused).
         generator: torch generator for Poisson sampling and noise; None (production) seeds one from ``secrets``.
             Tests pass a seeded one. Never derive it from the run's seed.
 
@@ -220,11 +200,21 @@ class PatientLevelDP:
         ConfigError: when the run's configuration is incompatible with DP-SGD (the message says what to change).
     """
 
-    def __init__(self, config: DPSGDConfig, trainer: LocalTrainer, *, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        config: DPSGDConfig,
+        model: FedMRGModel,
+        training: TrainingConfig,
+        *,
+        site: str,
+        dataset_size: int,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if not config.enabled:
             raise ValueError("PatientLevelDP needs `privacy.dp_sgd.enabled: true`")
-        model, training = trainer.model, trainer.config
-        where = f"site {trainer.site!r}: `privacy.dp_sgd.enabled`"
+        where = f"site {site!r}: `privacy.dp_sgd.enabled`"
         if model.config.uses_contrastive:
             raise ConfigError(
                 f"{where} requires `ablations.no_contrastive: true`: the contrastive loss couples the studies of a "
@@ -232,18 +222,21 @@ class PatientLevelDP:
             )
         if training.grad_accum_steps != 1:
             raise ConfigError(f"{where} requires `training.grad_accum_steps: 1` (one Poisson batch per step)")
-        if trainer.amp_dtype == torch.float16:
+        if amp_dtype == torch.float16:
             raise ConfigError(f"{where} does not support `training.mixed_precision: fp16`; use bf16 or no")
-        self.config = config
-        self.trainer = trainer
-        self.dataset_size = len(trainer.dataset)  # type: ignore[arg-type]
-        self.sample_rate = min(1.0, training.batch_size / self.dataset_size)
-        self.releases_per_batch = 2 if model.has_specialized else 1
-        self.noise_multiplier: float | None = config.noise_multiplier
-        self.ledger = PrivacyLedger(config.accountant, delta=config.delta)
-        self.generator = generator or torch.Generator().manual_seed(secrets.randbits(63))
+        super().__init__(
+            config,
+            dataset_size=dataset_size,
+            batch_size=training.batch_size,
+            rounds=training.rounds,
+            releases_per_batch=2 if model.has_specialized else 1,
+            who=f"site {site!r}",
+            generator=generator,
+        )
+        self.model = model
+        self.training = training
         self.frozen_batchnorms = freeze_batchnorm(model)
-        model.to(trainer.device)
+        model.to(device)
         self.hooks = self._attach_hooks(model)
 
     @staticmethod
@@ -267,189 +260,35 @@ class PatientLevelDP:
         finally:
             model.set_phase("generic")
 
-    # -- accounting ---------------------------------------------------------------------------------------------
-    @property
-    def accounted_noise_multiplier(self) -> float:
-        """The noise multiplier of the one sampled Gaussian step recorded per batch: sigma / sqrt(releases)."""
-        if self.noise_multiplier is None:
-            raise RuntimeError("noise multiplier not resolved yet (call prepare_round first)")
-        return self.noise_multiplier / math.sqrt(self.releases_per_batch)
+    def phases(self, g_params: list[nn.Parameter], s_params: list[nn.Parameter]) -> list[Phase]:
+        """The loop phases of a round: the G step on ``g_params`` and (with S) the S step on ``s_params``, each a
+        noisy :class:`~fedmrg.training.dp.DPSGDStep` over AdamW. Call :meth:`prepare_round` first (sigma)."""
+        model, lr, wd = self.model, self.training.learning_rate, self.training.weight_decay
 
-    def prepare_round(self, n_steps: int, round_num: int) -> float:
-        """Resolve sigma (from ``target_epsilon`` over ``training.rounds`` rounds of ``n_steps``) and check the budget.
+        def g_loss(batch: Mapping[str, Any], carry: dict[str, Any]) -> dict[str, torch.Tensor]:
+            g = dp_generic_losses(model, batch)
+            carry["encoded"] = g.encoded
+            return g.as_dict()
 
-        Returns the projected epsilon after the round; raises PrivacyBudgetExhausted when it exceeds ``max_epsilon``.
-        """
-        cfg = self.config
-        if self.noise_multiplier is None:
-            total = self.trainer.config.rounds * n_steps
-            sigma_eff = get_noise_multiplier(
-                target_epsilon=cfg.target_epsilon,
-                target_delta=cfg.delta,
-                sample_rate=self.sample_rate,
-                steps=total,
-                accountant=cfg.accountant,
-            )
-            self.noise_multiplier = sigma_eff * math.sqrt(self.releases_per_batch)
-        return self.ledger.check_budget(
-            cfg.max_epsilon,
-            noise_multiplier=self.accounted_noise_multiplier,
-            sample_rate=self.sample_rate,
-            steps=n_steps,
-            who=f"site {self.trainer.site!r} round {round_num}",
-        )
+        def s_loss(batch: Mapping[str, Any], carry: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return dp_specialized_losses(model, batch, carry["encoded"]).as_dict()
 
-    def metrics(self) -> dict[str, float]:
-        """The releasable privacy metrics: epsilon at delta so far and the mechanism's parameters."""
-        return {
-            f"{METRIC_PREFIX}epsilon": self.ledger.epsilon(),
-            f"{METRIC_PREFIX}delta": self.config.delta,
-            f"{METRIC_PREFIX}noise_multiplier": float(self.noise_multiplier or 0.0),
-            f"{METRIC_PREFIX}max_grad_norm": self.config.max_grad_norm,
-            f"{METRIC_PREFIX}sample_rate": self.sample_rate,
-            f"{METRIC_PREFIX}steps_total": float(self.ledger.steps),
-        }
-
-    @staticmethod
-    def releasable(metrics: Mapping[str, float]) -> dict[str, float]:
-        """The subset of round metrics that may leave the site (``dp/*`` and data-independent bookkeeping)."""
-        return {k: v for k, v in metrics.items() if k.startswith(METRIC_PREFIX) or k in RELEASABLE_METRICS}
-
-    def save(self, directory: str | Path) -> None:
-        """Write the ledger into the site's private-state folder."""
-        self.ledger.save(Path(directory) / LEDGER_FILE)
-
-    def load(self, directory: str | Path) -> bool:
-        """Restore the ledger from the private-state folder; False when none was saved there."""
-        return self.ledger.load(Path(directory) / LEDGER_FILE)
-
-    # -- training -----------------------------------------------------------------------------------------------
-    def _optimizer(self, params: list[nn.Parameter], lr: float, weight_decay: float) -> DPOptimizer:
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        optimizer = DPOptimizer(
-            torch.optim.AdamW(groups, lr=lr),
-            noise_multiplier=float(self.noise_multiplier),
-            max_grad_norm=self.config.max_grad_norm,
-            expected_batch_size=self.trainer.config.batch_size,
-            loss_reduction="mean",
-            generator=self.generator,
-        )
-        for p in params:  # DPOptimizer initialises only the parameters trainable in the current phase
-            if not hasattr(p, "summed_grad"):
-                p.summed_grad = None
-        return optimizer
-
-    def _loader(self, n_steps: int, round_num: int) -> DataLoader:
-        from fedmrg.report.data_loading import site_datasets
-
-        for part in site_datasets(self.trainer.dataset):
-            part.set_epoch(round_num * 10_000)
-        sampler = UniformWithReplacementSampler(
-            num_samples=self.dataset_size, sample_rate=self.sample_rate, generator=self.generator, steps=n_steps
-        )
-        return DataLoader(
-            self.trainer.dataset,
-            batch_sampler=sampler,
-            collate_fn=_collate_or_none(self.trainer.collator),
-            num_workers=self.trainer.config.num_workers,
-        )
-
-    def _dp_step(self, optimizer: DPOptimizer, loss: torch.Tensor | None, batch_size: int) -> None:
-        if loss is not None:
-            with warnings.catch_warnings():  # frozen inputs (images, frozen LM layers) before the first trainable layer
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                loss.backward()
-        _fill_missing_grad_samples(optimizer.params, batch_size)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def run_round(self, n_steps: int, round_num: int) -> tuple[dict[str, float], int]:
-        """Train ``n_steps`` DP-SGD steps; returns (metrics incl. ``dp/*``, the FedAvg weight).
-
-        The weight is the expected number of studies, ``batch_size * n_steps``, not the realised Poisson count (which
-        is data-dependent and would leave the site un-noised).
-        """
-        from fedmrg.report.trainer import batch_to, cosine_factor
-
-        trainer, cfg, model = self.trainer, self.trainer.config, self.trainer.model
-        self.prepare_round(n_steps, round_num)
-        model.train()
-        model.set_phase("generic")
-        g_params = [p for p in model.trainable_parameters() if p.requires_grad]
-        s_params = [p for p in model.trainable_parameters() if not p.requires_grad]
-        g_opt = self._optimizer(g_params, cfg.learning_rate, cfg.weight_decay)
-        s_opt = self._optimizer(s_params, cfg.learning_rate, cfg.weight_decay) if model.has_specialized else None
-        first = round_num * n_steps
-
-        def factor(s: int) -> float:
-            return cosine_factor(
-                first + s, total=cfg.rounds * n_steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio
-            )
-
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o.original_optimizer, factor) for o in (g_opt, s_opt) if o]
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        empty = realised = 0
-        t0 = time.perf_counter()
-        for step, batch in enumerate(self._loader(n_steps, round_num)):
-            b = 0 if batch is None else int(batch["input_ids"].shape[0])
-            realised += b
-            empty += b == 0
-            logs: dict[str, float] = {}
-            with trainer._autocast():
-                g = dp_generic_losses(model, batch_to(batch, trainer.device)) if b else None
-            self._check_finite(g, round_num, step)
-            self._dp_step(g_opt, None if g is None else g.total, b)
-            if g is not None:
-                logs |= g.as_floats("g/")
-            if s_opt is not None:
-                s = None
-                if g is not None:
-                    with trainer._autocast():
-                        s = dp_specialized_losses(model, batch_to(batch, trainer.device), g.encoded)
-                    self._check_finite(s, round_num, step)
-                else:
-                    model.set_phase("specialized")
-                self._dp_step(s_opt, None if s is None else s.total, b)
-                model.set_phase("generic")
-                if s is not None:
-                    logs |= s.as_floats("s/")
-            self.ledger.step(noise_multiplier=self.accounted_noise_multiplier, sample_rate=self.sample_rate)
-            for sch in schedulers:
-                sch.step()
-            for k, v in logs.items():
-                sums[k] += v
-                counts[k] += 1
-            if step % cfg.log_every == 0 or step == n_steps - 1:
-                trainer._log_scalars(logs | {"lr": schedulers[0].get_last_lr()[0]}, step=first + step, prefix="train/")
-        seconds = time.perf_counter() - t0
-        metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
-        metrics |= {
-            "steps": float(n_steps),
-            "samples": float(realised),
-            "empty_batches": float(empty),
-            "skipped_batches": 0.0,  # under DP-SGD a non-finite loss fails the round instead of skipping a batch
-            "skipped_steps": 0.0,
-            "seconds": seconds,
-            "samples_per_s": realised / seconds if seconds > 0 else 0.0,
-            "lr": float(schedulers[0].get_last_lr()[0]),
-        }
-        metrics |= self.metrics()
-        return metrics, cfg.batch_size * n_steps
-
-    def _check_finite(self, losses: StepLosses | None, round_num: int, step: int) -> None:
-        if losses is not None and not torch.isfinite(losses.total.detach()):
-            # skipping a batch would be a data-dependent, un-noised decision: fail the round instead
-            raise FedMRGError(
-                f"site {self.trainer.site!r} round {round_num} step {step}: non-finite loss under DP-SGD; the round "
-                "is refused (lower `training.learning_rate` or use `training.mixed_precision: no`)"
-            )
+        phases = [
+            Phase("g", g_loss, self.make_step(weight_decay_groups(g_params, wd), lr=lr),
+                  enter=lambda: model.set_phase("generic"), loss_name="total"),
+        ]  # fmt: skip
+        if s_params:
+            phases.append(
+                Phase("s", s_loss, self.make_step(weight_decay_groups(s_params, wd), lr=lr),
+                      enter=lambda: model.set_phase("specialized"), loss_name="total")
+            )  # fmt: skip
+        return phases
 
 
 __all__ = [
+    "LEDGER_FILE",
+    "METRIC_PREFIX",
+    "RELEASABLE_METRICS",
     "FrozenBatchNorm2d",
     "PatientLevelDP",
     "dp_generic_losses",

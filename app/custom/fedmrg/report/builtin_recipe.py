@@ -148,7 +148,7 @@ class BuiltinRecipe:
         """This recipe with ``warmup.precision: auto`` replaced by what this machine uses (``bf16`` or ``fp32``)."""
         if self.warmup.precision != "auto":
             return self
-        from fedmrg.report.precision import cpu_has_native_bf16
+        from fedmrg.training.precision import cpu_has_native_bf16
 
         precision = "bf16" if cpu_has_native_bf16() else "fp32"
         return dataclasses.replace(self, warmup=dataclasses.replace(self.warmup, precision=precision))

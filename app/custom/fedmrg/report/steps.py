@@ -24,6 +24,7 @@ import torch
 
 from fedmrg.report.losses import distillation_losses
 from fedmrg.report.model import EncodedImages, FedMRGModel, FedMRGOutput
+from fedmrg.training.steps import weight_decay_groups
 
 
 @dataclass
@@ -43,6 +44,12 @@ class StepLosses:
         parts = {"total": self.total, "lm": self.lm, "cls": self.cls, "con": self.con}
         parts |= {"kd_cos": self.kd_cos, "kd_kl": self.kd_kl}
         return {f"{prefix}{k}": float(v.detach()) for k, v in parts.items() if v is not None}
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The loss dict of :func:`fedmrg.training.run_round`: ``loss`` (the weighted total) and the non-None parts."""
+        parts = {"loss": self.total, "lm": self.lm, "cls": self.cls, "con": self.con}
+        parts |= {"kd_cos": self.kd_cos, "kd_kl": self.kd_kl}
+        return {k: v for k, v in parts.items() if v is not None}
 
 
 def detach_encoded(encoded: EncodedImages) -> EncodedImages:
@@ -159,11 +166,7 @@ def train_step(
 def optimizer_groups(model: FedMRGModel, *, weight_decay: float = 0.05) -> list[dict]:
     """AdamW parameter groups over :meth:`FedMRGModel.trainable_parameters`: weight decay on matrices, none on
     biases, norms and embedding-row vectors (ndim <= 1), as PromptMRG (paper 4.2: AdamW, weight decay 0.05)."""
-    params = model.trainable_parameters()
-    return [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    return weight_decay_groups(model.trainable_parameters(), weight_decay)
 
 
 def _clip(model: FedMRGModel, max_grad_norm: float | None) -> None:

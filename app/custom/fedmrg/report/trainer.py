@@ -5,17 +5,19 @@ private state (specialized adapter S2), copies G into the frozen S1 (:func:`~fed
 trains for a number of optimizer steps and returns the new shared and private states, metrics, the sample count that
 weights the site in FedAvg and fresh memory-bank features.
 
-One optimizer step (``training.grad_accum_steps`` = k micro-batches):
+The round runs in the project's one loop, :func:`fedmrg.training.run_round`; this module plugs FedMRG into it. One
+optimizer step (``training.grad_accum_steps`` = k micro-batches) has two phases, each with its own optimizer:
 
-1. G step: for each micro-batch, :func:`~fedmrg.report.steps.generic_step_losses` (LM + diagnosis + contrastive
+1. G phase: for each micro-batch, :func:`~fedmrg.report.steps.generic_step_losses` (LM + diagnosis + contrastive
    with memory-bank negatives + distillation from S), backward of ``loss / k``; clip; AdamW step.
-2. S step (FedMRG with S): for each micro-batch, :func:`~fedmrg.report.steps.specialized_step_losses` on the G
-   step's visual tokens, backward; clip; AdamW step (only S2 has gradients, so only S2 moves).
+2. S phase (FedMRG with S): for each micro-batch the G phase kept, :func:`~fedmrg.report.steps.
+   specialized_step_losses` on the G phase's visual tokens, backward; clip; AdamW step (S2 only).
 
-A micro-batch whose loss is not finite is skipped and counted (``skipped_batches``), and the BatchNorm statistics it
-touched are restored; a step whose gradient norm is
-not finite is skipped and counted (``skipped_steps``); a round with more than ``training.max_skipped_fraction``
-skipped micro-batches fails with :class:`~fedmrg.errors.FedMRGError`. Nothing is dropped silently.
+Under ``privacy.dp_sgd`` the same two phases run with Opacus DP-SGD steps on Poisson batches
+(:class:`~fedmrg.privacy.dp_sgd.PatientLevelDP`). A micro-batch whose loss is not finite is skipped and counted
+(``skipped_batches``) and the BatchNorm statistics it touched are restored; a step whose gradient norm is not finite
+is skipped and counted (``skipped_steps``); a round with more than ``training.max_skipped_fraction`` skipped
+micro-batches fails with :class:`~fedmrg.errors.FedMRGError`. Nothing is dropped silently.
 
 The learning rate follows a cosine schedule with linear warm-up over ``training.rounds`` rounds; the position inside
 it is derived from ``round_num`` (no state carried between rounds, so a restarted client resumes correctly). AdamW
@@ -25,12 +27,8 @@ moments start fresh each round, as the global model they belonged to has been re
 from __future__ import annotations
 
 import math
-import re
-import time
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +38,7 @@ from torch.utils.data import Dataset
 
 from fedmrg.errors import FedMRGError
 from fedmrg.report.data_loading import make_loader, site_datasets
-from fedmrg.report.model import EncodedImages, FedMRGModel
-from fedmrg.report.precision import autocast_dtype
+from fedmrg.report.model import FedMRGModel
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.shared_state import (
     get_private_state,
@@ -50,10 +47,21 @@ from fedmrg.report.shared_state import (
     load_shared_state,
     start_round,
 )
-from fedmrg.report.steps import detach_encoded, generic_step_losses, optimizer_groups, specialized_step_losses
+from fedmrg.report.steps import detach_encoded, generic_step_losses, specialized_step_losses
 from fedmrg.report.tokenization import ReportCollator
-
-_BATCH_TENSORS = ("images", "views", "input_ids", "attention_mask", "states")
+from fedmrg.training import (
+    AdamWStep,
+    CosineSchedule,
+    Phase,
+    ScalarLog,
+    autocast,
+    autocast_dtype,
+    batch_to,
+    cosine_factor,
+    resolve_device,
+    run_round,
+)
+from fedmrg.training.steps import weight_decay_groups
 
 
 @dataclass
@@ -76,36 +84,6 @@ class RoundOutput:
     metrics: dict[str, float]
     num_samples: int
     bank_features: torch.Tensor | None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other names as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise FedMRGError(f"`training.device`: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FedMRGError(f"`training.device` is {name!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
-    return device
-
-
-def cosine_factor(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier at optimizer ``step`` (0-based): linear warm-up, then cosine from 1 to ``min_ratio``.
-
-    Written out rather than taken from ``transformers.get_cosine_schedule_with_warmup`` because a federated round
-    starts in the middle of the schedule (at ``round_num * steps_per_round``) and that helper has no offset.
-    """
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def batch_to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors of a collated batch to ``device`` (other entries unchanged)."""
-    return {k: v.to(device, non_blocking=True) if k in _BATCH_TENSORS else v for k, v in batch.items()}
 
 
 class LocalTrainer:
@@ -150,16 +128,20 @@ class LocalTrainer:
         if config.gradient_checkpointing:
             self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.collator = ReportCollator(model.tokenizer, max_report_tokens=model.config.decoder.max_report_tokens)
-        self._writer = None
-        if tb_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(tb_dir))
-        self.dp = None  # patient-level DP-SGD replaces the optimizer loop when the config enables it
+        self.scalars = ScalarLog(tb_dir, tag_prefix=site)
+        self.dp = None  # patient-level DP-SGD: the same loop with Opacus steps on Poisson batches
         if model.config.privacy.dp_sgd.enabled:
             from fedmrg.privacy.dp_sgd import PatientLevelDP
 
-            self.dp = PatientLevelDP(model.config.privacy.dp_sgd, self)
+            self.dp = PatientLevelDP(
+                model.config.privacy.dp_sgd,
+                model,
+                config,
+                site=site,
+                dataset_size=len(train_dataset),  # type: ignore[arg-type]
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+            )
         self._set_logit_adjustment()
 
     def _set_logit_adjustment(self) -> None:
@@ -234,12 +216,9 @@ class LocalTrainer:
         negatives = self._check_negatives(bank_negatives)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 100_003 + round_num)
-            if self.dp is not None:
-                metrics, num_samples = self.dp.run_round(n_steps, round_num)
-            else:
-                metrics, num_samples = self._run(n_steps, round_num, negatives)
+            metrics, num_samples = self._run(n_steps, round_num, negatives)
             bank = self._bank_features(round_num)
-        self._log_scalars(metrics, step=round_num, prefix="round/")
+        self.scalars.log(metrics, step=round_num, group="round/")
         return RoundOutput(get_shared_state(model), get_private_state(model), metrics, num_samples, bank)
 
     def _check_negatives(self, bank: torch.Tensor | None) -> torch.Tensor | None:
@@ -270,173 +249,104 @@ class LocalTrainer:
             yield from loader
             epoch += 1
 
-    def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def _run(self, n_steps: int, round_num: int, bank: torch.Tensor | None) -> tuple[dict[str, float], int]:
+        """One round in :func:`fedmrg.training.run_round`: (metrics, FedAvg weight)."""
         cfg, model = self.config, self.model
         model.train()
         model.set_phase("generic")
-        optimizer = torch.optim.AdamW(optimizer_groups(model, weight_decay=cfg.weight_decay), lr=cfg.learning_rate)
-        total_steps = cfg.rounds * n_steps
-        first = round_num * n_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: cosine_factor(first + s, total=total_steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio),
-        )
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        gen = torch.Generator().manual_seed(cfg.seed * 7 + round_num)
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        samples = tokens = micro_total = skipped_batches = skipped_steps = 0
-        batches = self._batches(round_num)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_steps, desc=f"{self.site} round {round_num}", unit="step", leave=False)
-        t0 = time.perf_counter()
-        for step in range(n_steps):
-            micro = [batch_to(next(batches), self.device) for _ in range(cfg.grad_accum_steps)]
-            micro_total += len(micro)
-            negatives = None
-            if bank is not None and model.config.memory_bank.negatives_per_step > 0:
-                idx = torch.randperm(bank.shape[0], generator=gen)[: model.config.memory_bank.negatives_per_step]
-                negatives = bank[idx].to(self.device)
-            kept, logs = self._generic_phase(micro, negatives, optimizer, scaler)
-            skipped_batches += len(micro) - len(kept)
-            if kept and logs.pop("_skipped_step", 0.0):
-                skipped_steps += 1
-            if model.has_specialized and kept:
-                s_logs = self._specialized_phase(kept, optimizer, scaler)
-                skipped_batches += int(s_logs.pop("_skipped_batches", 0.0))
-                skipped_steps += int(s_logs.pop("_skipped_step", 0.0))
-                logs |= s_logs
-            with warnings.catch_warnings():  # a step skipped as non-finite leaves the optimizer un-stepped: expected
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                scheduler.step()
-            for k, v in logs.items():
-                sums[k] += v
-                counts[k] += 1
-            for b, _ in kept:
-                samples += b["input_ids"].shape[0]
-                tokens += int(b["attention_mask"].sum())
-            if skipped_batches > cfg.max_skipped_fraction * cfg.grad_accum_steps * n_steps:
-                raise FedMRGError(
-                    f"site {self.site!r} round {round_num}: {skipped_batches} of {micro_total} micro-batches had a "
-                    f"non-finite loss (limit {cfg.max_skipped_fraction:.0%} of the round); lower "
-                    "`training.learning_rate`, check the data, or use `training.mixed_precision: no`"
-                )
-            if bar is not None:
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == n_steps - 1:
-                    bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in ("g/lm", "s/lm") if counts[k]})
-            if step % cfg.log_every == 0 or step == n_steps - 1:
-                self._log_scalars(logs | {"lr": scheduler.get_last_lr()[0]}, step=first + step, prefix="train/")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
-        metrics |= {
-            "steps": float(n_steps),
-            "micro_batches": float(micro_total),
-            "samples": float(samples),
-            "skipped_batches": float(skipped_batches),
-            "skipped_steps": float(skipped_steps),
-            "seconds": seconds,
-            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
-            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-            "lr": float(scheduler.get_last_lr()[0]),
+        g_params = [p for p in model.trainable_parameters() if p.requires_grad]
+        s_params = [p for p in model.trainable_parameters() if not p.requires_grad] if model.has_specialized else []
+        schedule = CosineSchedule(cfg.rounds, n_steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+        who = f"site {self.site!r} round {round_num}"
+        common: dict[str, Any] = {
+            "n_steps": n_steps,
+            "device": self.device,
+            "amp_dtype": self.amp_dtype,
+            "schedule": schedule,
+            "first_step": schedule.first_step(round_num),
+            "measure": _count_studies,
+            "scalars": self.scalars,
+            "log_every": cfg.log_every,
+            "progress": f"{self.site} round {round_num}" if self.progress else None,
+            "progress_keys": ("g/lm", "s/lm"),
+            "who": who,
         }
-        return metrics, samples
+        try:
+            if self.dp is not None:
+                return self._run_dp(n_steps, round_num, g_params, s_params, common)
+            negatives: dict[str, torch.Tensor | None] = {"now": None}
+            gen = torch.Generator().manual_seed(cfg.seed * 7 + round_num)
+            per_step = model.config.memory_bank.negatives_per_step
 
-    def _step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, n_used: int, n_all: int) -> bool:
-        """Rescale for skipped micro-batches, clip, step; False (and no step) when the gradient is not finite."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        scaler.unscale_(optimizer)
-        if n_used < n_all:
-            for p in params:
-                p.grad.mul_(n_all / n_used)
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        if not torch.isfinite(norm):
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()
-            return False
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return True
+            def draw_negatives(step: int) -> None:
+                if bank is not None and per_step > 0:
+                    negatives["now"] = bank[torch.randperm(bank.shape[0], generator=gen)[:per_step]].to(self.device)
 
-    def _float_buffers(self) -> dict[str, torch.Tensor]:
-        """Copies of the float buffers (BatchNorm running statistics) a forward pass in train mode updates."""
-        return {n: b.detach().clone() for n, b in self.model.named_buffers() if b.is_floating_point()}
+            def g_loss(batch: Mapping[str, Any], carry: dict[str, Any]) -> dict[str, torch.Tensor]:
+                losses = generic_step_losses(model, batch, negatives=negatives["now"])
+                carry["encoded"] = detach_encoded(losses.encoded)
+                return losses.as_dict()
 
-    @torch.no_grad()
-    def _restore_buffers(self, saved: Mapping[str, torch.Tensor]) -> None:
-        buffers = dict(self.model.named_buffers())
-        for name, value in saved.items():
-            buffers[name].copy_(value)
+            def s_loss(batch: Mapping[str, Any], carry: dict[str, Any]) -> dict[str, torch.Tensor]:
+                return specialized_step_losses(model, batch, encoded=carry["encoded"]).as_dict()
 
-    def _generic_phase(
+            step_args: dict[str, Any] = {
+                "lr": cfg.learning_rate,
+                "max_grad_norm": cfg.max_grad_norm,
+                "fp16": self.amp_dtype == torch.float16,
+                "device_type": self.device.type,
+            }
+            phases = [
+                Phase("g", g_loss, AdamWStep(weight_decay_groups(g_params, cfg.weight_decay), **step_args),
+                      enter=lambda: model.set_phase("generic"), loss_name="total"),
+            ]  # fmt: skip
+            if s_params:
+                phases.append(
+                    Phase("s", s_loss, AdamWStep(weight_decay_groups(s_params, cfg.weight_decay), **step_args),
+                          enter=lambda: model.set_phase("specialized"), loss_name="total")
+                )  # fmt: skip
+            metrics = run_round(
+                model,
+                phases,
+                self._batches(round_num),
+                grad_accum_steps=cfg.grad_accum_steps,
+                max_skipped_fraction=cfg.max_skipped_fraction,
+                before_step=draw_negatives,
+                remedy="lower `training.learning_rate`, check the data, or use `training.mixed_precision: no`",
+                **common,
+            )
+            return metrics, int(metrics["samples"])
+        finally:
+            model.set_phase("generic")
+
+    def _run_dp(
         self,
-        micro: list[dict[str, Any]],
-        negatives: torch.Tensor | None,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-    ) -> tuple[list[tuple[dict[str, Any], EncodedImages]], dict[str, float]]:
-        optimizer.zero_grad(set_to_none=True)
-        kept: list[tuple[dict[str, Any], EncodedImages]] = []
-        logs: dict[str, float] = defaultdict(float)
-        for b in micro:
-            saved = self._float_buffers()
-            with self._autocast():
-                losses = generic_step_losses(self.model, b, negatives=negatives)
-            if not torch.isfinite(losses.total.detach()):
-                self._restore_buffers(saved)  # BatchNorm statistics must not keep what the bad batch put there
-                continue
-            scaler.scale(losses.total / len(micro)).backward()
-            kept.append((b, detach_encoded(losses.encoded)))
-            for k, v in losses.as_floats("g/").items():
-                logs[k] += v
-        if not kept:
-            optimizer.zero_grad(set_to_none=True)
-            return kept, {}
-        out = {k: v / len(kept) for k, v in logs.items()}
-        out["_skipped_step"] = 0.0 if self._step(optimizer, scaler, len(kept), len(micro)) else 1.0
-        return kept, out
+        n_steps: int,
+        round_num: int,
+        g_params: list[torch.nn.Parameter],
+        s_params: list[torch.nn.Parameter],
+        loop_args: dict[str, Any],
+    ) -> tuple[dict[str, float], int]:
+        """A DP-SGD round: Poisson batches, noisy G and S steps, one ledger step per batch.
 
-    def _specialized_phase(
-        self,
-        kept: list[tuple[dict[str, Any], EncodedImages]],
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-    ) -> dict[str, float]:
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = defaultdict(float)
-        used = 0
-        for b, encoded in kept:
-            with self._autocast():
-                losses = specialized_step_losses(self.model, b, encoded=encoded)
-            if not torch.isfinite(losses.total.detach()):
-                continue
-            scaler.scale(losses.total / len(kept)).backward()
-            used += 1
-            for k, v in losses.as_floats("s/").items():
-                logs[k] += v
-        out: dict[str, float] = {k: v / used for k, v in logs.items()} if used else {}
-        out["_skipped_batches"] = float(len(kept) - used)
-        out["_skipped_step"] = 0.0
-        if used:
-            out["_skipped_step"] = 0.0 if self._step(optimizer, scaler, used, len(kept)) else 1.0
-        else:
-            optimizer.zero_grad(set_to_none=True)
-        self.model.set_phase("generic")
-        return out
+        The FedAvg weight is the expected number of studies, ``batch_size * n_steps``, not the realised Poisson count
+        (which is data-dependent and would leave the site un-noised). A non-finite loss fails the round (skipping a
+        batch would be a data-dependent, un-noised decision).
+        """
+        dp, cfg = self.dp, self.config
+        assert dp is not None
+        dp.prepare_round(n_steps, round_num)  # sigma, and the budget check before anything trains
+        for part in site_datasets(self.dataset):
+            part.set_epoch(round_num * 10_000)
+        metrics = run_round(
+            self.model,
+            dp.phases(g_params, s_params),
+            dp.batches(self.dataset, self.collator, steps=n_steps, num_workers=cfg.num_workers),
+            after_step=dp.record_step,
+            remedy="lower `training.learning_rate` or use `training.mixed_precision: no`",
+            **loop_args,
+        )
+        return metrics | dp.metrics(), cfg.batch_size * n_steps
 
     # ------------------------------------------------------------------ memory bank
     @torch.no_grad()
@@ -457,25 +367,21 @@ class LocalTrainer:
                 images = torch.stack(
                     [self.dataset[i]["image"] for i in idx[start : start + self.config.eval_batch_size]]
                 )
-                with self._autocast():
+                with autocast(self.device, self.amp_dtype):
                     feats.append(self.model.pooled_features(images.to(self.device)).float().cpu())
         finally:
             self.model.train(was_training)
         return torch.cat(feats)
 
     # ------------------------------------------------------------------ logging
-    def _log_scalars(self, scalars: Mapping[str, float], *, step: int, prefix: str) -> None:
-        if self._writer is None:
-            return
-        for k, v in scalars.items():
-            self._writer.add_scalar(f"{self.site}/{prefix}{k}", float(v), step)
-        self._writer.flush()
-
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.scalars.close()
+
+
+def _count_studies(batch: Mapping[str, Any]) -> dict[str, float]:
+    """Studies and report tokens of a micro-batch (``samples``, ``tokens``: the round's throughput)."""
+    return {"samples": float(batch["input_ids"].shape[0]), "tokens": float(batch["attention_mask"].sum())}
 
 
 @torch.no_grad()
@@ -513,3 +419,6 @@ def evaluate_loss(
     if model.config.uses_prompts:
         result["cls_loss"] = cls_sum / max(1, n)
     return result
+
+
+__all__ = ["LocalTrainer", "RoundOutput", "batch_to", "cosine_factor", "evaluate_loss", "resolve_device"]

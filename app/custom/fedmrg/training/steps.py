@@ -44,6 +44,15 @@ class OptimStep(Protocol):
         ...
 
 
+def weight_decay_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Two optimizer groups: weight decay on matrices, none on biases, norms and embedding-row vectors (ndim <= 1)."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 class AdamWStep:
     """``torch.optim.AdamW`` with optional fp16 loss scaling and global-norm gradient clipping.
 
@@ -107,4 +116,4 @@ class AdamWStep:
         return True
 
 
-__all__ = ["AdamWStep", "OptimStep"]
+__all__ = ["AdamWStep", "OptimStep", "weight_decay_groups"]
