@@ -42,6 +42,7 @@ def main() -> None:
     from fedmrg.report.run_config import load_run_config, packaged_config
     from fedmrg.report.steps import optimizer_groups, train_step
     from fedmrg.report.trainer import LocalTrainer, batch_to
+    from fedmrg.training import autocast
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +77,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for step in range(args.steps):
             batch = batches[step % len(batches)]
-            with trainer._autocast():
+            with autocast(trainer.device, trainer.amp_dtype):
                 train_step(model, batch, optimizer, max_grad_norm=training.max_grad_norm)
             samples += batch["input_ids"].shape[0]
             tokens += int(batch["attention_mask"].sum())
