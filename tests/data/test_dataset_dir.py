@@ -10,6 +10,7 @@ import pytest
 
 from fedmrg.data.dataset_dir import FORMAT_VERSION, MANIFEST, FederatedDataset, write_federated_dataset
 from fedmrg.data.partition import PartitionConfig, partition_records
+from fedmrg.data.readers.base import Skip
 from fedmrg.data.records import ImageRef, StudyRecord
 from fedmrg.data.site_transforms import DEFAULT_PROFILES
 from fedmrg.errors import DataError
@@ -53,7 +54,7 @@ def _write(tmp_path, *, unseen: int = 1):
         source={"name": "test", "input": None},
         site_profiles=dict(zip(sites, ["clean", "soft-blur", "dark-sharp"], strict=False)),
         profiles={n: p.to_dict() for n, p in DEFAULT_PROFILES.items()},
-        skipped={"empty report": 2},
+        skipped=[Skip("reports.csv:3", "empty report"), Skip("reports.csv:9", "empty report: only whitespace")],
         label_source="reader",
     )
     return out, part, manifest, records
@@ -75,6 +76,12 @@ def test_roundtrip(tmp_path):
 
     m = json.loads((out / MANIFEST).read_text())
     assert m["format_version"] == FORMAT_VERSION and m["synthetic"] is True and m["skipped_total"] == 2
+    assert m["skipped"] == {"empty report": 2} and m["skipped_file"] == "skipped.csv"
+    assert (out / "skipped.csv").read_text().splitlines() == [
+        "item,reason",
+        "reports.csv:3,empty report",
+        "reports.csv:9,empty report: only whitespace",
+    ]
     assert m["partition"] == {"method": "random", "num_sites": 2, "unseen_sites": 1, "seed": 1,
                               "val_fraction": 0.1, "test_fraction": 0.1}  # fmt: skip
     assert set(m["profiles"]) == {"clean", "soft-blur", "dark-sharp"}
@@ -158,3 +165,15 @@ def test_open_errors_on_damaged_dataset(tmp_path):
     (out / MANIFEST).write_text(json.dumps(broken))
     with pytest.raises(DataError, match="malformed site entry"):
         FederatedDataset.open(out)
+
+
+def test_write_refuses_records_whose_images_do_not_exist(tmp_path):
+    records = _records(tmp_path)  # its relative images/… files were never created under the output directory
+    part = partition_records(records, PartitionConfig(num_sites=2, seed=0))
+    profiles = {n: p.to_dict() for n, p in DEFAULT_PROFILES.items()}
+    with pytest.raises(DataError) as e:
+        write_federated_dataset(tmp_path / "o", part, source={}, site_profiles=dict.fromkeys(["site-1", "site-2"],
+                                "clean"), profiles=profiles)  # fmt: skip
+    msg = str(e.value)
+    assert "20 of 40 image file(s) listed do not exist" in msg and "images/" in msg and "(study s" in msg
+    assert not (tmp_path / "o" / MANIFEST).exists()
