@@ -1,7 +1,13 @@
-"""Shared test fixtures: the shared real-data folder (skipped with a reason when absent) and temp dirs."""
+"""Shared test fixtures: the shared real-data folder, and the rule for real-data tests when it is absent.
+
+Real-data tests (marker ``shared_data``, given automatically to every test that uses the ``shared_data`` fixture) skip
+with the reason when ``../shared/data`` (or ``$FEDMRG_SHARED_DATA``) is absent on a developer's machine, and FAIL when
+``CI=true``: the CI machine always has the data, so a missing folder there is a broken setup, not a reason to skip.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,12 +15,39 @@ import pytest
 from fedmrg.paths import shared_data_dir
 
 
+def running_in_ci() -> bool:
+    """``CI=true`` (GitHub Actions, GitLab CI and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def missing_real_data(reason: str) -> None:
+    """Skip the test with ``reason``, or fail it when running in CI."""
+    if running_in_ci():
+        pytest.fail(f"{reason}; CI=true, where real-data tests must run: provide the data, do not skip", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the shared data (directly or through a fixture) ``shared_data``."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("shared_data") is None:
+            item.add_marker(pytest.mark.shared_data)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``shared_data`` test without the shared-data folder: skipped, or failed in CI."""
+    if item.get_closest_marker("shared_data") is not None:
+        d = shared_data_dir()
+        if not d.is_dir():
+            missing_real_data(f"shared data not found at {d} (set FEDMRG_SHARED_DATA)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (or ``$FEDMRG_SHARED_DATA``); tests using it skip when it is absent."""
+    """``../shared/data`` (or ``$FEDMRG_SHARED_DATA``); absent: skipped, or failed when ``CI=true``."""
     d = shared_data_dir()
     if not d.is_dir():
-        pytest.skip(f"shared data not found at {d} (set FEDMRG_SHARED_DATA)")
+        missing_real_data(f"shared data not found at {d} (set FEDMRG_SHARED_DATA)")
     return d
 
 
@@ -22,5 +55,5 @@ def shared_data() -> Path:
 def iu_dir(shared_data: Path) -> Path:
     d = shared_data / "iu_xray"
     if not (d / "indiana_reports.csv").is_file():
-        pytest.skip(f"IU X-ray reports not found in {d}")
+        missing_real_data(f"IU X-ray reports not found in {d}")
     return d
