@@ -1,0 +1,341 @@
+"""The built-in backbone: a small ViT pretrained self-supervised (masked autoencoding) on public and rendered images.
+
+Recipe (:data:`RECIPE`, rebuilt by ``python scripts/build_vision_backbone.py``): ``ViTMAEForPreTraining`` with a
+4-layer, 128-wide, 4-head encoder (0.8 M parameters), 64 x 64 px input, 8 px patches (64 tokens), mask ratio 0.75,
+normalised-pixel loss, a 1-layer 64-wide decoder; 600 steps of 32 images; AdamW, cosine schedule; one CPU thread and
+deterministic algorithms, so the same inputs give the same bytes. Pretraining images:
+
+- RetinaMNIST and BreastMNIST train splits (MedMNIST v2, CC BY 4.0, attribution in the model card), 28 px upsampled;
+- images the project renders (:func:`render_images`: smooth colour fields, textured blobs, vessel-like curves,
+  circular fields of view), deterministic from a seed.
+
+HAM10000 (CC BY-NC 4.0) and Kvasir-SEG (research and education only) are *not* used: their licences do not allow
+shipping derived weights with a production application. The saved folder holds the encoder as a plain ``ViTModel``
+(``config.json``, ``model.safetensors``, ``preprocessor_config.json``), ``build_info.json`` (inputs' SHA-256, loss
+curve, versions) and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmrg.errors import ConfigError
+
+BUILTIN_DIR = Path(__file__).parent / "builtin_backbone"
+
+RECIPE: dict[str, Any] = {
+    "image_size": 64,
+    "patch_size": 8,
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 512,
+    "decoder_hidden_size": 64,
+    "decoder_num_hidden_layers": 1,
+    "decoder_num_attention_heads": 4,
+    "decoder_intermediate_size": 256,
+    "mask_ratio": 0.75,
+    "norm_pix_loss": True,
+    "num_rendered": 3000,
+    "medmnist_files": ["retinamnist_trainval.npz", "breastmnist_trainval.npz"],
+    "steps": 600,
+    "batch_size": 32,
+    "lr": 1.5e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 40,
+    "seed": 0,
+}
+
+
+def builtin_backbone_dir() -> Path:
+    """The committed built-in backbone folder; ConfigError with the rebuild command when it is missing."""
+    if not (BUILTIN_DIR / "model.safetensors").is_file():
+        raise ConfigError(f"built-in vision backbone missing in {BUILTIN_DIR}: rebuild it with "
+                          f"`python scripts/build_vision_backbone.py`")
+    return BUILTIN_DIR
+
+
+# -- images ---------------------------------------------------------------------------------------------------------
+def render_images(n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` rendered RGB images ``(n, size, size, 3)`` uint8: colour fields, textured blobs, curves, round fields."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.float32)
+        base = rng.uniform(0.1, 0.9, 3)
+        for c in range(3):  # smooth colour field: a few low-frequency waves
+            f = sum(rng.uniform(-0.15, 0.15) * np.sin(2 * math.pi * (rng.uniform(0.3, 2.5) * xx * math.cos(a)
+                                                                     + rng.uniform(0.3, 2.5) * yy * math.sin(a))
+                                                      + rng.uniform(0, 6.3))
+                    for a in rng.uniform(0, math.pi, 3))
+            img[..., c] = base[c] + f
+        for _ in range(rng.integers(1, 5)):  # textured blobs with soft edges
+            cx, cy = rng.uniform(0.1, 0.9, 2)
+            rx, ry = rng.uniform(0.05, 0.35, 2)
+            a = rng.uniform(0, math.pi)
+            dx, dy = xx - cx, yy - cy
+            u, v = dx * math.cos(a) + dy * math.sin(a), -dx * math.sin(a) + dy * math.cos(a)
+            r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
+            w = 1.0 / (1.0 + np.exp((r - 1.0) * rng.uniform(4, 20)))
+            tex = 1 + rng.uniform(0, 0.3) * np.sin(2 * math.pi * rng.uniform(3, 12) * (xx + yy * rng.uniform(-1, 1)))
+            col = rng.uniform(0, 1, 3)
+            img = img * (1 - w[..., None]) + (col[None, None, :] * tex[..., None]) * w[..., None]
+        for _ in range(rng.integers(0, 4)):  # vessel-like curves
+            a, b, ph, y0 = rng.uniform(0.5, 4), rng.uniform(0.05, 0.3), rng.uniform(0, 6.3), rng.uniform(0.1, 0.9)
+            d = np.abs(yy - (y0 + b * np.sin(2 * math.pi * a * xx + ph)))
+            if rng.random() < 0.5:
+                d = d.T
+            w = np.exp(-(d / rng.uniform(0.005, 0.02)) ** 2)
+            img = img * (1 - w[..., None]) + rng.uniform(0, 1, 3)[None, None, :] * w[..., None]
+        if rng.random() < 0.4:  # circular field of view (fundus / endoscope)
+            r = np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
+            img = img * (1.0 / (1.0 + np.exp((r - rng.uniform(0.38, 0.5)) * 60)))[..., None]
+        img = img + rng.normal(0, rng.uniform(0.0, 0.05), img.shape)
+        out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """``(n, h, w[, 3])`` uint8 -> ``(n, size, size, 3)`` uint8 (bilinear, grayscale repeated to RGB)."""
+    t = torch.from_numpy(images).float()
+    if t.dim() == 3:
+        t = t.unsqueeze(-1).expand(-1, -1, -1, 3)
+    t = torch.nn.functional.interpolate(t.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pretraining_images(data_root: Path, recipe: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The pretraining pool ``(n, S, S, 3)`` uint8 and a description of its sources (files with SHA-256)."""
+    s = recipe["image_size"]
+    parts, sources = [], {}
+    for name in recipe["medmnist_files"]:
+        path = data_root / "medmnist" / name
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; the built-in backbone's recipe pretrains on it (--data-root)")
+        with np.load(path) as d:
+            if "train_images" not in d.files:
+                raise ConfigError(f"{path}: no `train_images` array")
+            imgs = d["train_images"]
+        parts.append(_resize_uint8(imgs, s))
+        sources[f"medmnist/{name}:train_images"] = {"count": int(len(imgs)), "sha256": sha256(path)}
+    rendered = render_images(recipe["num_rendered"], s, recipe["seed"])
+    parts.append(rendered)
+    sources["rendered"] = {"count": int(len(rendered)), "seed": recipe["seed"],
+                           "sha256": hashlib.sha256(rendered.tobytes()).hexdigest()}
+    return np.concatenate(parts), sources
+
+
+# -- pretraining ----------------------------------------------------------------------------------------------------
+def mae_config(recipe: dict[str, Any]):
+    from transformers import ViTMAEConfig
+
+    keys = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+            "decoder_intermediate_size", "mask_ratio", "norm_pix_loss")
+    return ViTMAEConfig(**{k: recipe[k] for k in keys})
+
+
+def pretrain(images: np.ndarray, recipe: dict[str, Any], log_every: int = 50) -> tuple[torch.nn.Module, list]:
+    """MAE pretraining on ``images`` ``(n, S, S, 3)`` uint8; returns the ``ViTMAEForPreTraining`` and the loss log."""
+    from transformers import ViTMAEForPreTraining
+
+    torch.manual_seed(recipe["seed"])
+    model = ViTMAEForPreTraining(mae_config(recipe))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"],
+                            betas=(0.9, 0.95))
+    steps, warm = recipe["steps"], recipe["warmup_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    g = torch.Generator().manual_seed(recipe["seed"] + 1)
+    log, t0, run = [], time.time(), 0.0
+    for step in range(steps):
+        idx = torch.randint(0, len(data), (recipe["batch_size"],), generator=g)
+        x = data[idx].float().div(255).sub(0.5).div(0.5)
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        x = torch.rot90(x, k, dims=(2, 3))
+        noise = torch.rand(len(idx), (recipe["image_size"] // recipe["patch_size"]) ** 2, generator=g)
+        loss = model(pixel_values=x, noise=noise).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        run += float(loss.detach())
+        if (step + 1) % log_every == 0:
+            log.append({"step": step + 1, "loss": round(run / log_every, 5), "seconds": round(time.time() - t0, 1)})
+            print(f"step {step + 1}/{steps} loss {run / log_every:.4f} ({time.time() - t0:.0f} s)", flush=True)
+            run = 0.0
+    return model, log
+
+
+def mae_to_vit(mae: torch.nn.Module) -> torch.nn.Module:
+    """The encoder of a ``ViTMAEForPreTraining`` as a plain ``ViTModel`` (same weights, no pooler)."""
+    from transformers import ViTConfig, ViTModel
+
+    c = mae.config
+    vit = ViTModel(ViTConfig(hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                             num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                             image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
+                             layer_norm_eps=c.layer_norm_eps, qkv_bias=c.qkv_bias), add_pooling_layer=False)
+    sd = {k.removeprefix("vit."): v for k, v in mae.state_dict().items() if k.startswith("vit.")}
+    sd.pop("embeddings.mask_token", None)
+    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"MAE -> ViT: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return vit.eval()
+
+
+def save_backbone(vit: torch.nn.Module, out_dir: Path, info: dict[str, Any]) -> None:
+    """Write the ViT folder (``save_pretrained``), ``preprocessor_config.json`` and ``build_info.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vit.save_pretrained(str(out_dir))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": vit.config.image_size}, indent=1) + "\n")
+    (out_dir / "build_info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+# -- linear probe ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def vit_features(vit: torch.nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Frozen features ``(n, 2D)``: final CLS token and mean patch token, for images ``(n, S, S, 3)`` uint8."""
+    vit.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+        h = vit(pixel_values=x).last_hidden_state
+        out.append(torch.cat([h[:, 0], h[:, 1:].mean(1)], 1).numpy())
+    return np.concatenate(out)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, float]:
+    """Standardised features + logistic regression; accuracy and (macro one-vs-rest) AUC on the test set."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(train_x)
+    clf = LogisticRegression(max_iter=2000, C=0.1).fit(sc.transform(train_x), train_y)
+    p = clf.predict_proba(sc.transform(test_x))
+    acc = float((clf.classes_[p.argmax(1)] == test_y).mean())
+    auc = float(roc_auc_score(test_y, p[:, 1]) if p.shape[1] == 2 else roc_auc_score(test_y, p, multi_class="ovr"))
+    return {"accuracy": acc, "auc": auc}
+
+
+def _ham_probe_data(data_root: Path, size: int, limit: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HAM10000 melanoma-vs-rest: images ``(n, S, S, 3)``, labels, and a lesion-grouped train mask (70 %)."""
+    import csv
+    import zlib
+
+    from PIL import Image
+
+    meta = data_root / "ham10000" / "HAM10000_metadata.csv"
+    with meta.open(newline="", encoding="utf-8") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: r["image_id"])
+    rows = [r for r in rows if (data_root / "ham10000" / "images" / f"{r['image_id']}.jpg").is_file()][:limit]
+    imgs = np.stack([np.asarray(Image.open(data_root / "ham10000" / "images" / f"{r['image_id']}.jpg")
+                                .convert("RGB").resize((size, size), Image.BILINEAR)) for r in rows])
+    y = np.array([int(r["dx"] == "mel") for r in rows])
+    train = np.array([zlib.crc32(r["lesion_id"].encode()) % 10 < 7 for r in rows])
+    return imgs, y, train
+
+
+def run_probes(backbone_dir: Path, data_root: Path) -> dict[str, Any]:
+    """Linear probes of the saved backbone vs the same architecture at random init (seed 0).
+
+    Tasks: RetinaMNIST 5-grade (train -> val split of the ``.npz``) and HAM10000 melanoma vs rest (first 3000 images by
+    id, 70/30 split grouped by ``lesion_id``). Features: final CLS + mean patch token of the frozen encoder.
+    """
+    from transformers import ViTModel
+
+    from fedmrg.vision.backbones import load_vit
+
+    pre, _ = load_vit(backbone_dir)
+    torch.manual_seed(0)
+    rand = ViTModel(pre.config, add_pooling_layer=False).eval()
+    size = int(pre.config.image_size)
+    with np.load(data_root / "medmnist" / "retinamnist_trainval.npz") as d:
+        rtr, rtr_y = _resize_uint8(d["train_images"], size), d["train_labels"].reshape(-1)
+        rva, rva_y = _resize_uint8(d["val_images"], size), d["val_labels"].reshape(-1)
+    h_img, h_y, h_tr = _ham_probe_data(data_root, size)
+    out: dict[str, Any] = {}
+    for name, vit in (("builtin", pre), ("random_init", rand)):
+        r = linear_probe(vit_features(vit, rtr), rtr_y, vit_features(vit, rva), rva_y)
+        f = vit_features(vit, h_img)
+        h = linear_probe(f[h_tr], h_y[h_tr], f[~h_tr], h_y[~h_tr])
+        out[name] = {"retinamnist_val": r, "ham10000_melanoma": h}
+    out["protocol"] = ("frozen features (CLS + mean patch), StandardScaler + LogisticRegression(C=0.1); RetinaMNIST "
+                       f"train {len(rtr)} -> val {len(rva)}; HAM10000 melanoma vs rest, {int(h_tr.sum())} train / "
+                       f"{int((~h_tr).sum())} test images, split by lesion_id")
+    return out
+
+
+def render_model_card(info: dict[str, Any]) -> str:
+    """``MODEL_CARD.md`` of the built-in backbone from its ``build_info.json``."""
+    r = info["recipe"]
+    lines = [
+        "# fedmrg built-in vision backbone (MAE-pretrained small ViT)",
+        "",
+        "Rebuild: `python scripts/build_vision_backbone.py --probe` (one CPU thread, deterministic; same inputs and "
+        "versions give the same `model.safetensors`, SHA-256 below).",
+        "",
+        f"- architecture: `ViTModel`, {r['num_hidden_layers']} layers, width {r['hidden_size']}, "
+        f"{r['num_attention_heads']} heads, MLP {r['intermediate_size']}, {r['image_size']} px input, "
+        f"{r['patch_size']} px patches",
+        f"- pretraining: `ViTMAEForPreTraining`, mask ratio {r['mask_ratio']}, normalised-pixel loss, "
+        f"{r['steps']} steps x {r['batch_size']} images, AdamW lr {r['lr']} (warm-up {r['warmup_steps']}, cosine), "
+        f"weight decay {r['weight_decay']}, random flips and 90-degree rotations, seed {r['seed']}",
+        f"- build time: {info.get('build_seconds', '?')} s on a shared 2-core CPU machine; versions "
+        f"{info.get('versions')}",
+        f"- model.safetensors SHA-256: `{info.get('model_sha256', '?')}`",
+        "",
+        "## Data and licences",
+        "",
+        "| source | images | licence |",
+        "|---|---|---|",
+    ]
+    for name, s in info["sources"].items():
+        lic = ("CC BY 4.0 - MedMNIST v2 (Yang et al., Scientific Data 2023); RetinaMNIST from DeepDRiD, BreastMNIST "
+               "from Al-Dhabyani et al. 2020" if name.startswith("medmnist") else "rendered by this project (no licence "
+               "constraint)")
+        lines.append(f"| `{name}` (sha256 `{s['sha256'][:16]}...`) | {s['count']} | {lic} |")
+    lines += ["", "HAM10000 (CC BY-NC 4.0) and Kvasir-SEG (research and education only) are not used for pretraining: "
+              "their licences do not allow shipping derived weights in a production application.", ""]
+    log = info.get("loss_log") or []
+    if log:
+        lines += [f"MAE loss: {log[0]['loss']} at step {log[0]['step']} -> {log[-1]['loss']} at step {log[-1]['step']}.",
+                  ""]
+    probe = info.get("linear_probe")
+    if probe:
+        lines += ["## Is it worth freezing? Linear probe", "", probe["protocol"], "",
+                  "| backbone | RetinaMNIST acc | RetinaMNIST AUC | HAM10000 melanoma acc | HAM10000 melanoma AUC |",
+                  "|---|---|---|---|---|"]
+        for name in ("builtin", "random_init"):
+            p = probe[name]
+            lines.append(f"| {name} | {p['retinamnist_val']['accuracy']:.3f} | {p['retinamnist_val']['auc']:.3f} | "
+                         f"{p['ham10000_melanoma']['accuracy']:.3f} | {p['ham10000_melanoma']['auc']:.3f} |")
+        lines.append("")
+    lines += ["## Limits", "", "Small and briefly trained on low-resolution images: a starting point that runs on a CPU, "
+              "not a foundation model. Give a real checkpoint (`--backbone DIR`) when you have one.", ""]
+    return "\n".join(lines)
