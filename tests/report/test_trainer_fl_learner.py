@@ -14,6 +14,7 @@ from fedmrg.fl.site_config import SiteConfig
 from fedmrg.privacy.dp_config import DPSGDConfig
 
 
+@pytest.mark.slow  # ~55-65 s on the shared 2-core machine
 def test_learner_round_trip(tmp_path, tiny_llama_dir):
     data = tmp_path / "data"
     assert main(["data", "prepare", "--source", "synthetic", "--num-studies", "30", "--sites", "2",
@@ -118,3 +119,23 @@ def test_a_site_switches_dp_sgd_on_for_itself(tmp_path, tiny_llama_dir):
     learner.apply_site_config(SiteConfig(site="site-1", dp_sgd=DPSGDConfig(**DP_ON, max_epsilon=8.0), device="cpu"))
     dp = learner._load_config().model.privacy.dp_sgd
     assert dp.enabled and dp.noise_multiplier == 1.0 and dp.max_epsilon == 8.0
+
+
+def test_a_site_that_asks_for_dp_sgd_trains_with_it_and_reports_epsilon(tmp_path, tiny_llama_dir):
+    """The site's own file switches DP-SGD on for a job that has it off: the round is private (epsilon reported, no
+    un-noised losses), which is what the executor requires of every update of such a site."""
+    from fedmrg.privacy.dp_config import DP_EPSILON_METRIC
+    from fedmrg.report.fl_learner import FedMRGLearner
+
+    data = tmp_path / "data"
+    assert main(["data", "prepare", "--source", "synthetic", "--num-studies", "16", "--sites", "2",
+                 "--image-size", "32", "--seed", "1", "--out", str(data)]) == 0  # fmt: skip
+    learner = FedMRGLearner(
+        config=_tiny_config(tmp_path, tiny_llama_dir, ablations={"no_contrastive": True}), local_steps=1
+    )
+    assert FedMRGLearner.honours_dp_sgd is True
+    site = SiteConfig(site="site-1", data_root=str(data), dp_sgd=DPSGDConfig(**DP_ON, max_epsilon=50.0))
+    learner.setup("site-1", str(tmp_path / "ws"), site)
+    out = learner.train(learner.initial_shared_state(), round_num=0, extra={})
+    assert out.metrics[DP_EPSILON_METRIC] > 0
+    assert not any("loss" in k or k.startswith(("g/", "s/")) for k in out.metrics), sorted(out.metrics)

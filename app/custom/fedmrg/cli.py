@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedmrg.report.cli",
     "fedmrg.demo",
     "fedmrg.job",
+    "fedmrg.vision.cli",
 )
 
 
