@@ -7,8 +7,9 @@ share deterministically from ``seed``; in a real federation give each site its o
   ``.npz``'s ``val`` split (the same at every site);
 - ``melanoma``: HAM10000; 20 % of lesions held out as the common test set; the rest spread with Dirichlet label skew
   by ``lesion_id`` (all images of a lesion at one site, never across train / val / test);
-- ``polyp``: Kvasir-SEG is one centre: images are clustered by colour statistics into ``num_sites + 1`` groups
-  (largest first); group ``i`` is site ``i``, the smallest is the *unseen* group (split ``unseen``), never trained on;
+- ``polyp``: Kvasir-SEG is one centre: images are clustered by colour statistics into 4 groups (largest first); the
+  smallest is the *unseen* group (split ``unseen``), never trained on; with 3 sites group ``i`` is site ``i``
+  (feature skew), otherwise the seen images are spread by hash;
 - ``prostate``: MSD Task05 slices; cases spread over sites by hash, a case's slices stay together;
 - ``synthetic_cls`` / ``synthetic_seg``: rendered images (marked synthetic), spread by hash; test = 200 more.
 
@@ -51,6 +52,18 @@ def site_index(site_name: str, num_sites: int) -> int:
     return int(digits) - 1
 
 
+POLYP_SEEN_GROUPS = 3
+
+
+def polyp_groups(pool: list[Sample], seed: int) -> tuple[list[tuple[Sample, int]], list[Sample]]:
+    """Kvasir-SEG colour groups: ``([(sample, group 0..2)], unseen samples)``; 4 k-means groups by colour
+    statistics, largest first; the smallest is the unseen centre, never trained on by any method."""
+    clusters = colour_clusters(pool, POLYP_SEEN_GROUPS + 1, seed)
+    seen = [(s, c) for s, c in zip(pool, clusters, strict=True) if c < POLYP_SEEN_GROUPS]
+    unseen = [s for s, c in zip(pool, clusters, strict=True) if c == POLYP_SEEN_GROUPS]
+    return seen, unseen
+
+
 def site_splits(cfg: VisionConfig, data_root: str, index: int) -> dict[str, list[Sample]]:
     """``{"train", "val", "test"[, "unseen"]}`` samples of site ``index`` (0-based)."""
     root = Path(data_root) if data_root else None
@@ -81,12 +94,11 @@ def site_splits(cfg: VisionConfig, data_root: str, index: int) -> dict[str, list
         return _finish(cfg, mine, test, None, str(root))
     if cfg.task == "polyp":
         pool = read_image_mask_folder(root)
-        clusters = colour_clusters(pool, n + 1, seed)
-        unseen = [s for s, c in zip(pool, clusters, strict=True) if c == n]
-        if n == 1:  # centralized: every seen group at the one site
-            mine = [s for s, c in zip(pool, clusters, strict=True) if c < n]
+        seen, unseen = polyp_groups(pool, seed)
+        if n == POLYP_SEEN_GROUPS:  # one colour group per site: feature skew between sites
+            mine = [s for s, g in seen if g == index]
         else:
-            mine = [s for s, c in zip(pool, clusters, strict=True) if c == index]
+            mine = [s for s, _ in seen if _group_hash(s.group, seed) % n == index]
         return _finish(cfg, mine, None, unseen, str(root))
     if cfg.task == "prostate":
         pool = read_msd_task05(root)
