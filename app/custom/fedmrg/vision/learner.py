@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmrg.fl.learner import State, TrainOutcome, state_nbytes
+from fedmrg.fl.site_config import SiteConfig
 from fedmrg.fl.state_files import load_state, save_state
 from fedmrg.vision.bundle import build_model, get_state, set_state, shared_names, to_tensors
 from fedmrg.vision.config import VisionConfig, load_vision_config
@@ -58,15 +59,15 @@ class VisionLearner:
         return get_state(self.model, self._names)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
-    def setup(self, site_name: str, workspace_dir: str, config: dict[str, Any]) -> None:
+    def setup(self, site_name: str, workspace_dir: str, config: SiteConfig) -> None:
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
         self.site_name = site_name
-        self.device = torch.device(config.get("device", self.cfg.device))
+        self.device = torch.device(config.device or self.cfg.device)
         self._ensure_model()
         self.model.to(self.device)
         idx = site_index(site_name, self.cfg.num_sites)
-        splits = site_splits(self.cfg, config.get("data_root", ""), idx)
+        splits = site_splits(self.cfg, config.data_root, idx)
         self.data = {k: to_tensors(v, self.pre, self.kind) for k, v in splits.items()}
         info = {"site": site_name, "sizes": {k: len(v) for k, v in splits.items()}, "conversions": dict(CONVERSIONS),
                 **self.model.share_report()}
