@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""FedMRG on a local proof-of-concept (POC) federation: real FLARE server and hospital processes, gRPC with mutual TLS.
+"""FedMRG on a local proof-of-concept (POC) federation: real FLARE server and hospital processes talking over FLARE's
+HTTP driver (``AioHttpDriver``, scheme ``http`` in the kits) with mutual TLS; the server listens on localhost only
+unless ``prepare --listen-all``.
 
 Steps, in the order a person runs them (each prints the plain `nvflare` command it runs):
 
@@ -17,6 +19,8 @@ Steps, in the order a person runs them (each prints the plain `nvflare` command 
 The POC is provisioned from ``provisioning/project.yml`` (the real federation's file) with a few local changes written
 to ``<workspace>-project.yml``: the server port (``--port``), no GPU capacities unless ``--keep-gpus`` (a site
 refuses to start when it has fewer GPUs than its capacity), and optionally fewer hospitals (``--hospitals``). The
+server's kit is set to listen on 127.0.0.1 (its ``fed_server.json`` service target becomes ``localhost:<port>``; FLARE
+binds every interface for any other host name) unless ``--listen-all``. The
 startup kits carry the FedMRG class allow-list and authorization policy (``fedmrg.deploy.kit_builder``). Each hospital
 finds its data through its own ``local/fedmrg_site.json``, never through the job. ``nvflare`` keeps its startup-kit
 registry in ``~/.nvflare/config.conf``; the scripts always name the admin startup kit explicitly.
@@ -137,8 +141,33 @@ def derive_project(
     return out
 
 
+def bind_server(kits: Path, server: str, *, listen_all: bool) -> str:
+    """Make the POC server listen on localhost only (unless ``listen_all``): FLARE binds 127.0.0.1 when the service
+    target of ``fed_server.json`` is a loopback host, every interface otherwise. Returns the target."""
+    path = kits / server / "startup" / "fed_server.json"
+    config = json.loads(path.read_text())
+    service = config["servers"][0]["service"]
+    if not listen_all:
+        service["target"] = f"localhost:{service['target'].rsplit(':', 1)[1]}"
+        path.write_text(json.dumps(config, indent=2))
+    return service["target"]
+
+
+def transport_of(kits: Path, server: str) -> str:
+    """The scheme the kits use (``http``: FLARE's ``AioHttpDriver``; ``grpc``: its gRPC driver) and the connection
+    security, e.g. ``http + mtls``."""
+    server_cfg = json.loads((kits / server / "startup" / "fed_server.json").read_text())["servers"][0]
+    return f"{server_cfg['service']['scheme']} + {server_cfg.get('connection_security', 'tls')}"
+
+
 def prepare(
-    workspace: Path, project_file: Path, *, port: int | None, hospitals: list[str] | None, keep_gpus: bool
+    workspace: Path,
+    project_file: Path,
+    *,
+    port: int | None,
+    hospitals: list[str] | None,
+    keep_gpus: bool,
+    listen_all: bool = False,
 ) -> Path:
     """Provision the POC (``nvflare poc prepare -i``) into ``workspace``; returns the derived project file."""
     project = derive_project(
@@ -153,7 +182,12 @@ def prepare(
         allow = json.loads((kits / site / "local" / "resources.json.default").read_text())["class_allow_list"]
         if "fedmrg." not in allow:
             raise SystemExit(f"{kits / site}: `fedmrg.` is not allow-listed; is FedMRGKitBuilder in {project_file}?")
-    print(f"startup kits: {kits}", file=sys.stderr)
+    (server,) = participants(workspace, "server")
+    target = bind_server(kits, server, listen_all=listen_all)
+    where = "every interface" if listen_all else "127.0.0.1 only"
+    print(
+        f"startup kits: {kits}; server {target} ({transport_of(kits, server)}), listening on {where}", file=sys.stderr
+    )
     return derived
 
 
@@ -376,7 +410,8 @@ def job_variant(workspace: Path, base: Path, sets: list[str]) -> Path:
 def run_all(args: argparse.Namespace) -> int:
     ws: Path = args.workspace.resolve()
     t0 = time.monotonic()
-    prepare(ws, args.project, port=args.port, hospitals=args.hospitals, keep_gpus=args.keep_gpus)
+    prepare(ws, args.project, port=args.port, hospitals=args.hospitals, keep_gpus=args.keep_gpus,
+            listen_all=args.listen_all)  # fmt: skip
     place_demo_data(ws, num_studies=args.num_studies, image_size=args.image_size, seed=args.seed,
                     torch_threads=args.torch_threads)  # fmt: skip
     job = job_variant(ws, args.job, args.sets)
@@ -406,6 +441,8 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="server port for sites and admins (default: the project's)")
     p.add_argument("--hospitals", nargs="+", help="only these hospitals of the project (default: all)")
     p.add_argument("--keep-gpus", action="store_true", help="keep the project's GPU capacities")
+    p.add_argument("--listen-all", action="store_true",
+                   help="the server listens on every interface (default: 127.0.0.1 only)")  # fmt: skip
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -470,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ws = args.workspace.resolve()
     if args.step == "prepare":
-        prepare(ws, args.project, port=args.port, hospitals=args.hospitals, keep_gpus=args.keep_gpus)
+        prepare(ws, args.project, port=args.port, hospitals=args.hospitals, keep_gpus=args.keep_gpus,
+            listen_all=args.listen_all)  # fmt: skip
     elif args.step == "data":
         place_demo_data(ws, num_studies=args.num_studies, image_size=args.image_size, seed=args.seed,
                         torch_threads=args.torch_threads)  # fmt: skip

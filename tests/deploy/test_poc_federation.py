@@ -1,4 +1,4 @@
-"""End to end over real gRPC with mutual TLS: a POC federation of provisioning/project.yml (server + 3 hospitals).
+"""End to end over FLARE's HTTP driver with mutual TLS: a POC federation of provisioning/project.yml (server + 3 hospitals).
 
 One federation serves the module (starting it takes ~40 s on 2 cores); the jobs are a tiny variant of jobs/fedmrg
 (built-in tiny models, 32-pixel images) and the waits for a lost hospital are short (seconds instead of the job's
@@ -79,6 +79,23 @@ def _variant(poc, ws: Path, name: str, sets: list[str]) -> Path:
 def _summary(poc, ws: Path, job_id: str) -> tuple[Path, dict]:
     app = poc.download(ws, job_id, ws / "results")
     return app, json.loads((app / "summary" / "summary.json").read_text())
+
+
+def _listening(port: int) -> list[str]:
+    """Local IPv4 addresses listening on TCP ``port`` (Linux ``/proc/net/tcp``; state 0A = LISTEN)."""
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            out.append(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
+def test_the_server_listens_on_localhost_only(federation):
+    poc, ws = federation
+    (server,) = [p for p in yaml.safe_load((ws / "project.yml").read_text())["participants"] if p["type"] == "server"]
+    assert _listening(server["fed_learn_port"]) == ["127.0.0.1"]
 
 
 def test_member_cannot_submit_lead_can_and_the_job_completes(federation):

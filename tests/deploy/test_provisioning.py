@@ -95,3 +95,12 @@ def test_job_workspace_on_a_kit_keeps_the_provisioned_resources(kits, tmp_path):
     assert [c["id"] for c in written["components"]] == [c["id"] for c in default["components"]]
     assert "fedmrg." in written["class_allow_list"]
     assert set(default["class_allow_list"]) <= set(written["class_allow_list"])
+
+
+def test_kits_use_flare_http_driver_with_mutual_tls(kits):
+    """What docs/deployment.md and poc/README.md name: scheme ``http`` (FLARE's AioHttpDriver), mutual TLS."""
+    server = json.loads((kits / "fedmrg-server" / "startup" / "fed_server.json").read_text())["servers"][0]
+    assert (server["service"]["scheme"], server["connection_security"]) == ("http", "mtls")
+    for site in ("hospital-a", "hospital-b", "hospital-c"):
+        client = json.loads((kits / site / "startup" / "fed_client.json").read_text())
+        assert client["servers"][0]["service"]["scheme"] == "http", site

@@ -104,7 +104,7 @@ def run(
     sites: int = 3,
     site_config: dict | None = None,
     env: dict | None = None,
-    timeout: int = 180,
+    timeout: int = 480,
     background: bool = False,
 ) -> Drill | subprocess.Popen:
     """Run the simulator on ``sites`` sites (one process each), time it, and load the run summary. With
