@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedmrg.demo",
     "fedmrg.job",
     "fedmrg.vision.cli",
+    "fedmrg.serve.cli",
 )
 
 

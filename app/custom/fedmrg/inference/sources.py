@@ -258,12 +258,12 @@ def _private_file(site_app: Path, site: str, job_id: str) -> Path | None:
     return root / "private" / _PRIVATE_FILE
 
 
-def _result_filters(apps: list[Path]) -> list[str]:
-    """Dotted paths of the task-result filters (but the byte meter) in these app folders' configs."""
-    paths: set[str] = set()
-    configs = [c for a in apps for c in a.glob("config/config_fed_*.json")]
-    for c in configs:
-        if c.is_file():
-            for block in _read_json(c).get("task_result_filters", []) or []:
-                paths |= {f.get("path", "") for f in block.get("filters", [])}
-    return sorted(p for p in paths if p and "WireBytesMeter" not in p)
+def _result_filters(apps: list[Path]) -> list[dict[str, Any]]:
+    """The task-result filters (``{"path", "args"}``, but the byte meter) in these app folders' configs, deduplicated."""
+    seen: dict[str, dict[str, Any]] = {}
+    for c in (c for a in apps for c in sorted(a.glob("config/config_fed_*.json"))):
+        for block in _read_json(c).get("task_result_filters", []) or []:
+            for f in block.get("filters", []) or []:
+                if f.get("path") and "WireBytesMeter" not in f["path"]:
+                    seen.setdefault(json.dumps(f, sort_keys=True), {"path": f["path"], "args": f.get("args") or {}})
+    return list(seen.values())

@@ -187,29 +187,33 @@ def _privacy_lines(config: Any, details: dict[str, Any]) -> list[str]:
         sigma = (
             f"noise multiplier {dp.noise_multiplier}" if dp.noise_multiplier else f"target epsilon {dp.target_epsilon}"
         )
-        lines.append(f"- Patient-level DP-SGD (Opacus): {sigma}, per-study clipping norm {dp.max_grad_norm}, "
-                     f"delta {dp.delta}, budget {dp.max_epsilon}, accountant {dp.accountant}.")  # fmt: skip
+        lines.append(f"- Patient-level DP-SGD (Opacus) in the run configuration: {sigma}, per-study clipping norm "
+                     f"{dp.max_grad_norm}, delta {dp.delta}, budget {dp.max_epsilon}, accountant {dp.accountant}.")  # fmt: skip
     else:
-        lines.append("- Patient-level DP-SGD: off.")
+        lines.append("- Patient-level DP-SGD in the run configuration: off (a site's fedmrg_site.json may turn it on).")
     eps = _epsilons(details)
-    for name, value in eps.items():
-        lines.append(f"- {name}: {value:.4g}")
+    lines += [f"- {name}: epsilon {value:.4g}" for name, value in eps.items()]
     filters = details.get("privacy_filters") or []
-    lines.append(f"- Result filters on the uploads: {', '.join(filters) if filters else 'none'}.")
-    if not dp.enabled and not any("dp" in f.lower() or "secure" in f.lower() for f in filters):
-        lines.append("- No differential privacy was applied: the model gives no formal privacy guarantee.")
+    enabled_dp_filter = False
+    for f in filters:
+        args = f.get("args") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in args.items() if not isinstance(v, dict | list))
+        lines.append(f"- Upload filter `{f['path']}`: {shown or 'no arguments'}.")
+        enabled_dp_filter |= "dp" in f["path"].lower() and bool(args.get("enabled", True))
+    if not filters:
+        lines.append("- Upload filters: none.")
+    if not dp.enabled and not eps and not enabled_dp_filter:
+        lines.append("- No differential privacy was applied: the model carries no formal privacy guarantee.")
     return lines
 
 
 def _epsilons(details: dict[str, Any]) -> dict[str, float]:
-    """Epsilon values the run recorded (the last round's metrics whose name contains 'epsilon'), by site."""
+    """Epsilon values the run recorded, e.g. ``{"site-1 dp/epsilon": 3.1}`` (summary's ``privacy``; run metrics)."""
     out: dict[str, float] = {}
-    rounds = (details.get("summary") or {}).get("rounds") or []
-    if rounds:
-        for site, values in (rounds[-1].get("sites") or {}).items():
-            for k, v in (values.get("metrics") or values if isinstance(values, dict) else {}).items():
-                if "epsilon" in str(k) and isinstance(v, int | float):
-                    out[f"{site} {k}"] = float(v)
+    for site, values in ((details.get("summary") or {}).get("privacy") or {}).items():
+        for k, v in (values or {}).items():
+            if "epsilon" in str(k) and isinstance(v, int | float):
+                out[f"{site} {k}"] = float(v)
     for k, v in (details.get("metrics") or {}).items():
         if "epsilon" in str(k) and isinstance(v, int | float):
             out[k] = float(v)

@@ -1,0 +1,1 @@
+"""``fedmrg serve``: a local web viewer for a trained model (:mod:`fedmrg.serve.app`)."""
