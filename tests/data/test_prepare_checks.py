@@ -239,3 +239,26 @@ def test_real_iu_relative_input_render_missing(iu_dir, tmp_path, monkeypatch, ca
     assert real and all(p.startswith(str(iu_dir.resolve())) or p.startswith(str(iu_dir)) for p in real)
     assert not any("xxxx" in (r.findings + r.impression).lower() for r in records)
     assert "image check: " in printed and os.path.isfile(out / SKIPPED_CSV)
+
+
+@pytest.mark.slow
+def test_docs_data_md_commands_run_as_written(shared_data, tmp_path, monkeypatch, capsys):
+    """docs/data.md's first block, run as written from a folder whose ``../shared/data`` is the shared data."""
+    import re
+    import shlex
+
+    block = re.search(r"```bash\n(.*?)```", (Path(__file__).parents[2] / "docs" / "data.md").read_text(), re.S)
+    assert block is not None
+    commands = re.sub(r"\\\n\s*", " ", block.group(1)).strip().splitlines()
+    assert [c.split()[:3] for c in commands] == [["fedmrg", "data", "prepare"]] * 2 + [["fedmrg", "data", "inspect"]]
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(shared_data.resolve())
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command
+    printed = capsys.readouterr().out
+    assert "wrote data/fl_iu_small/overview.png" in printed
+    small = FederatedDataset.open("data/fl_iu_small")
+    assert small.manifest["source"]["limit"] == 200
+    assert FederatedDataset.open("data/fl_synth").manifest["image_check"]["enabled"] is False
