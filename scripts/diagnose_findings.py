@@ -5,6 +5,8 @@ Columns (per CheXpert observation, positives only; F1 of "positive" against the 
 - ``pixel``: a plain MONAI image classifier trained from scratch on the same images (train split of every training
   site pooled, same image size, same 14 x 4 state cross-entropy as the diagnosis head) and scored on the evaluation
   split: what the pixels allow a small CNN to learn with this budget, the reference for the diagnosis head.
+- ``probeN`` (``--probe DIR``): a linear head on the *frozen* pooled features of a Hugging Face ResNet folder (e.g.
+  the built-in encoder at random init vs ``builtin-ssl``): what an encoder's start offers the diagnosis head.
 - ``head``: the FedMRG run's diagnosis head (argmax state = positive) on the same studies.
 - ``oracle``: CE-F1 of the reports the run writes when prompted with the *ground-truth* states (decoder ceiling).
 - ``report``: CE-F1 of the reports it actually writes (head states in the prompt).
@@ -116,6 +118,41 @@ def train_pixel_classifier(
     return out
 
 
+def probe_encoder(
+    path: str,
+    train_x: torch.Tensor,
+    train_s: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_s: torch.Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Linear probe: a 14 x 4 linear head on the frozen pooled features of the HF ResNet at ``path``."""
+    from transformers import ResNetModel
+
+    enc = ResNetModel.from_pretrained(path).eval()
+
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([enc(pixel_values=x[i : i + 64]).pooler_output.flatten(1) for i in range(0, len(x), 64)])
+
+    t0 = time.perf_counter()
+    ftr, fev = feats(train_x), feats(eval_x)
+    mean, std = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr, fev = (ftr - mean) / std, (fev - mean) / std
+    torch.manual_seed(args.seed)
+    head = nn.Linear(ftr.shape[1], NUM_OBSERVATIONS * NUM_STATES)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(args.probe_steps):  # full batch: the features are small
+        loss = nn.functional.cross_entropy(head(ftr).view(-1, NUM_STATES), train_s.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = head(fev).view(-1, NUM_OBSERVATIONS, NUM_STATES).argmax(-1).numpy() == POS
+    out = per_observation_f1(pred, eval_s.numpy() == POS)
+    return out | {"path": path, "final_train_loss": float(loss), "seconds": time.perf_counter() - t0}
+
+
 def report_columns(args: argparse.Namespace, dataset: Any, train_reports: list[str]) -> dict[str, Any]:
     """Head F1, oracle-state report CE-F1 and report CE-F1 of a run on ``dataset``."""
     from fedmrg.report.checkpoint import load_run
@@ -170,7 +207,8 @@ def report_columns(args: argparse.Namespace, dataset: Any, train_reports: list[s
 
 def markdown(result: dict[str, Any]) -> str:
     """The per-observation table plus a footer."""
-    cols = [c for c in ("pixel", "head", "oracle", "report") if c in result]
+    cols = [c for c in ("pixel", *sorted(k for k in result if k.startswith("probe")), "head", "oracle", "report")
+            if c in result]  # fmt: skip
     n_pos = result["n_reference_positive"]
     lines = ["| observation | n pos (eval) | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for obs in OBSERVATIONS:
@@ -183,6 +221,10 @@ def markdown(result: dict[str, Any]) -> str:
         p = result["pixel"]
         foot.append(f"pixel: {p['arch']} ({p['parameters'] / 1e6:.2f} M params), {p['steps']} steps x {p['batch_size']}"
                     f", {p['s_per_step']:.2f} s/step, final train loss {p['final_train_loss']:.3f}")  # fmt: skip
+    for key in sorted(k for k in result if k.startswith("probe")):
+        foot.append(
+            f"{key}: linear probe on frozen {result[key]['path']}, train loss {result[key]['final_train_loss']:.3f}"
+        )
     for kind in ("report", "oracle"):
         if kind in result:
             r = result[kind]
@@ -207,6 +249,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="pixel classifier steps; 0 skips it (default 300)")
     ap.add_argument("--batch-size", type=int, default=32, help="pixel classifier batch (default 32)")
     ap.add_argument("--lr", type=float, default=3e-3, help="pixel classifier peak learning rate (default 3e-3)")
+    ap.add_argument("--probe", action="append", help="HF ResNet folder: add a linear-probe column on its frozen "
+                    "features (repeatable; e.g. the built-in encoder, random vs builtin-ssl)")  # fmt: skip
+    ap.add_argument("--probe-steps", type=int, default=300, help="full-batch AdamW steps of each probe (default 300)")
     ap.add_argument("--eval-batch-size", type=int, default=32, help="generation batch (default 32)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N studies of the split")
     ap.add_argument("--no-reports", action="store_true", help="head F1 only: skip writing reports")
@@ -218,8 +263,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.steps <= 0 and args.checkpoint is None:
-        raise SystemExit("nothing to do: --steps 0 and no --checkpoint")
+    if args.steps <= 0 and args.checkpoint is None and not args.probe:
+        raise SystemExit("nothing to do: --steps 0, no --probe and no --checkpoint")
 
     from torch.utils.data import Subset
 
@@ -243,11 +288,15 @@ def main() -> None:
         "data": str(args.data), "split": args.split, "site": args.site, "image_size": size, "n_eval": len(eval_s),
         "n_train": len(train), "n_reference_positive": dict(zip(OBSERVATIONS, ref.sum(0).tolist(), strict=True)),
     }  # fmt: skip
-    if args.steps > 0:
+    if args.steps > 0 or args.probe:
         t0 = time.perf_counter()
         train_x, train_s = stack_split(train)
-        print(f"pixel classifier: {len(train_x)} training images ({time.perf_counter() - t0:.0f} s to load)")
-        result["pixel"] = train_pixel_classifier(train_x, train_s, eval_x, eval_s, args)
+        print(f"{len(train_x)} training images ({time.perf_counter() - t0:.0f} s to load)", flush=True)
+        for i, path in enumerate(args.probe or []):
+            result[f"probe{i}"] = probe_encoder(path, train_x, train_s, eval_x, eval_s, args)
+            print(f"probe {path}: example F1 {result[f'probe{i}']['example_f1']:.3f}", flush=True)
+        if args.steps > 0:
+            result["pixel"] = train_pixel_classifier(train_x, train_s, eval_x, eval_s, args)
         del train_x
     if args.checkpoint is not None:
         train_reports = [r.report for r in dataset_records(train)]

@@ -100,7 +100,7 @@ def test_simulator_with_wire_codec(tmp_path):
 
     # the meter counted the encoded bytes: 1 byte per value + 4 per row up, 2 bytes per value down
     values = sum(v.size for v in init.values())
-    rows = sum(v.shape[0] if v.ndim >= 2 else 1 for v in init.values())
+    rows = sum(min(v.shape) if v.ndim == 2 else (v.shape[0] if v.ndim > 2 else 1) for v in init.values())  # scales
     summary = json.loads((app / "summary" / "summary.json").read_text())
     for r in summary["rounds"]:
         assert r["param_bytes_up"] == 2 * (values + 4 * rows) < 0.5 * 2 * 4 * values

@@ -8,8 +8,9 @@ Codecs (``codec`` argument), bytes per value and what they keep:
 - ``"float16"``: 2 bytes, 11 significant bits (relative error <= 2^-11) for |x| >= 6.1e-5, absolute error <= 2^-25
   below (subnormals: small deltas lose digits), range +-65504: a value out of range raises (never silently inf).
 - ``"int8-tensor"``: 1 byte plus one float32 scale per tensor: ``q = round(x / s)``, ``s = max|x| / 127``.
-- ``"int8-row"``: 1 byte plus one float32 scale per row (first axis; 1-D tensors get one scale): outliers in one
-  row (e.g. one LoRA rank) do not coarsen the others.
+- ``"int8-row"``: 1 byte plus one float32 scale per row (first axis; 1-D tensors get one scale; a 2-D array with
+  more rows than columns, e.g. a LoRA B matrix (out, r), one per column): outliers in one row or rank do not coarsen
+  the others.
 
 8-bit codecs are meant for ``WEIGHT_DIFF`` results (deltas are small and centred; the rounding error is at most half
 a step per value and does not accumulate in the global model, which stays float32 on the server). Sending the
@@ -88,8 +89,14 @@ def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def _row_view(x: np.ndarray, per_row: bool) -> np.ndarray:
-    """(R, M) view of ``x``: rows = first axis when ``per_row`` and ``x.ndim >= 2``, else one row."""
-    return x.reshape(x.shape[0], -1) if per_row and x.ndim >= 2 else x.reshape(1, -1)
+    """(R, M) view of ``x`` whose R rows each get a scale: one row unless ``per_row`` and ``x.ndim >= 2``; then the
+    first axis, except for a 2-D array with more rows than columns (e.g. a LoRA B matrix, (out, r)), whose columns
+    are the groups, so there are never more scales than ``sqrt(x.size)``."""
+    if not per_row or x.ndim < 2:
+        return x.reshape(1, -1)
+    if x.ndim == 2 and x.shape[0] > x.shape[1]:
+        return x.T
+    return x.reshape(x.shape[0], -1)
 
 
 def quantize_int8(x: np.ndarray, *, per_row: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -99,19 +106,29 @@ def quantize_int8(x: np.ndarray, *, per_row: bool) -> tuple[np.ndarray, np.ndarr
     """
     if not np.all(np.isfinite(x)):
         raise WireCodecError("cannot quantise non-finite values (NaN / inf) to int8")
-    rows = _row_view(np.asarray(x, dtype=np.float32), per_row)
+    x = np.asarray(x, dtype=np.float32)
+    rows = _row_view(x, per_row)
     scale = (np.abs(rows).max(axis=1) / 127.0).astype(np.float32) if rows.size else np.zeros(len(rows), np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)[:, None]
-    q = np.clip(np.rint(rows / safe), -127, 127).astype(np.int8)
-    return q.reshape(x.shape), scale
+    q = np.empty(x.shape, dtype=np.int8)
+    _row_view(q, per_row)[...] = np.clip(np.rint(rows / safe), -127, 127)
+    return q, scale
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray, *, per_row: bool) -> np.ndarray:
     """Inverse of :func:`quantize_int8`: float32 array of ``q``'s shape."""
-    rows = _row_view(q, per_row).astype(np.float32)
+    rows = _row_view(q, per_row)
     if scale.shape != (rows.shape[0],):
         raise WireCodecError(f"scale shape {scale.shape} does not match {rows.shape[0]} row(s) of shape {q.shape}")
-    return (rows * scale.astype(np.float32)[:, None]).reshape(q.shape)
+    out = np.empty(q.shape, dtype=np.float32)
+    _row_view(out, per_row)[...] = rows * scale.astype(np.float32)[:, None]
+    return out
+
+
+def _num_scales(codec: str, shape: tuple[int, ...]) -> int:
+    if codec != "int8-row" or len(shape) < 2:
+        return 1
+    return min(shape) if len(shape) == 2 else shape[0]
 
 
 def encode_arrays(arrays: Mapping[str, Any], codec: str) -> tuple[dict[str, Any], list[str]]:
@@ -170,7 +187,7 @@ def wire_ratio(codec: str, shapes: Mapping[str, tuple[int, ...]]) -> float:
     per_value = {"float32": 4, "bfloat16": 2, "float16": 2}.get(codec, 1)
     enc = sum(per_value * int(np.prod(s)) for s in shapes.values())
     if codec in EIGHT_BIT:
-        enc += sum(4 * (s[0] if codec == "int8-row" and len(s) >= 2 else 1) for s in shapes.values())
+        enc += sum(4 * _num_scales(codec, s) for s in shapes.values())
     return enc / raw if raw else 1.0
 
 

@@ -56,8 +56,8 @@ class SSLRecipe:
 
     num_images: int = 1024
     image_size: int = 96
-    steps: int = 300
-    batch_size: int = 64
+    steps: int = 200
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 0.2
