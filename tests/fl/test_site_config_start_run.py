@@ -150,3 +150,13 @@ def test_a_dp_site_never_sends_an_update_without_epsilon(flare, tmp_path, toy_ar
     if rc != ReturnCode.OK:
         assert "reports no `dp/epsilon`: the update is withheld" in reply.get_header(FedHeaderKey.ERROR)
         assert "DXO" not in reply  # no model in the refusal
+
+
+def test_the_refusal_names_the_key_under_flares_secure_logging(flare, tmp_path, toy_args, monkeypatch):
+    """FLARE's secure logging reduces exceptions to their type; a configuration refusal (no data in it) keeps its
+    message, or the hospital could not tell which key to fix."""
+    monkeypatch.setenv("NVFLARE_SECURE_LOGGING", "true")
+    reply, events = _run_train(flare, tmp_path, toy_args, {"dp-sgd": DP})
+    error = reply.get_header(FedHeaderKey.ERROR)
+    assert "refused at START_RUN" in error and "unknown key `dp-sgd`; did you mean `dp_sgd`" in error
+    assert events == []

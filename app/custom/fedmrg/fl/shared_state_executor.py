@@ -212,6 +212,9 @@ class SharedStateExecutor(Executor):
                 f"site {self._site}: {type(self.learner).__name__} ready, {len(self._keys)} shared keys, "
                 f"private state in {self._private_root}",
             )
+        except ConfigError as e:  # our own message (file, key, remedy; no data): kept even in FLARE's secure logging
+            self._setup_error = f"site {self._site}: refused at START_RUN: ConfigError: {e}"
+            self.log_error(fl_ctx, self._setup_error)
         except Exception as e:
             self._setup_error = f"site {self._site}: learner setup failed: {secure_format_exception(e)}"
             self.log_exception(fl_ctx, self._setup_error)
