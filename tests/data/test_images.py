@@ -9,17 +9,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fedmrg.data.images import IMAGENET_MEAN, IMAGENET_STD, check_image, image_transform, load_image
 from fedmrg.errors import DataError
-
-pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 
 def _check(a: np.ndarray, shape: tuple[int, int]) -> None:

@@ -7,14 +7,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
-from fedmrg.data.readers import read_source  # noqa: E402
-from fedmrg.errors import DataError  # noqa: E402
+from fedmrg.data.readers import read_source
+from fedmrg.errors import DataError
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 

@@ -193,7 +193,7 @@ def test_user_corpus_changes_the_hash() -> None:
 
 def _site_style_reports(n_per_style: int, n_styles: int = 5) -> list[str]:
     """Reports in the demo sites' styles, from another generator than the warm-up corpus."""
-    synthetic = pytest.importorskip("fedmrg.data.synthetic")
+    from fedmrg.data import synthetic
 
     texts = []
     for style in range(n_styles):
