@@ -24,7 +24,7 @@ def test_demo_runs_cross_site_with_personalized_generic_and_unseen(tmp_path, mon
            "--set", "min_clients=2", "--set", f"learner.overrides={json.dumps(TINY)}",
            "--set", f"learner.synthetic={json.dumps(SYNTHETIC)}", "--set", "learner.validate_max_studies=2"]  # fmt: skip
     # stderr merged into stdout: the order of the lines is the order they were printed in
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:]
     # the round's row is printed while the simulator runs (before the "simulator done" line), not all at the end
     row = proc.stdout.index("\n| 0 | ")
