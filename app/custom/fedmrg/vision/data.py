@@ -11,7 +11,8 @@ lazily by :func:`load_rgb`. Layouts (as in ``../shared/data``):
   foreground = value >= 128);
 - an image folder + CSV (``labels.csv`` with columns ``image``, ``label``) for classification evaluation;
 - MSD Task05 (prostate): ``dataset.json`` + ``imagesTr/*.nii.gz`` (4D, channel 0 = T2) + ``labelsTr/``; 2D axial
-  slices that contain prostate, label > 0 = prostate.
+  slices that contain prostate, label > 0 = prostate (read with nibabel, MONAI's NIfTI backend, directly: MONAI's
+  ``LoadImage`` initialises every reader and took minutes to import on the shared CI machine).
 
 Bad input: an image with no mask, a mask of another size than its image, an unreadable image, a NIfTI volume without
 its label, a class with no example: :class:`~fedmrg.errors.DataError` naming the file (or class). A grayscale image
@@ -187,7 +188,7 @@ def read_msd_task05(root: str | Path, min_foreground: int = 1) -> list[Sample]:
     """MSD Task05 (prostate) 2D axial slices of ``training`` cases: channel 0 (T2) scaled to 0-255 per volume
     (1st-99th percentile), mask = label > 0, slices with at least ``min_foreground`` prostate pixels.
     ``group`` = the case, so a patient's slices stay together. A case without its label file: DataError."""
-    from monai.transforms import LoadImage
+    import nibabel as nib
 
     root = Path(root)
     ds = root / "dataset.json"
@@ -197,15 +198,15 @@ def read_msd_task05(root: str | Path, min_foreground: int = 1) -> list[Sample]:
         training = json.loads(ds.read_text(encoding="utf-8"))["training"]
     except (json.JSONDecodeError, KeyError) as e:
         raise DataError(f"{ds}: not an MSD dataset.json with a `training` list ({e})") from e
-    loader = LoadImage(image_only=True, reader="NibabelReader")
     out = []
     for case in training:
         img_p, lab_p = root / case["image"], root / case.get("label", "")
         if not case.get("label") or not lab_p.is_file():
             raise DataError(f"{img_p}: NIfTI volume without its label ({lab_p if case.get('label') else 'no `label`'})")
         try:
-            vol, lab = np.asarray(loader(str(img_p))), np.asarray(loader(str(lab_p)))
-        except Exception as e:  # MONAI / nibabel raise various errors for broken files
+            vol = np.asarray(nib.load(str(img_p)).dataobj, dtype=np.float32)
+            lab = np.asarray(nib.load(str(lab_p)).dataobj)
+        except Exception as e:  # nibabel raises various errors for broken files
             raise DataError(f"{img_p}: not a readable NIfTI volume ({e})") from e
         if vol.ndim == 4:
             vol = vol[..., 0]
