@@ -299,8 +299,22 @@ def stop(workspace: Path) -> None:
 # ---------------------------------------------------------------- jobs
 
 
+def code_free(workspace: Path, job: Path) -> Path:
+    """The job as these kits accept it: their policy refuses custom code (``byoc: none``, provisioning/project.yml),
+    so a job with ``app/custom/`` is submitted as a code-free copy, ``<workspace>/jobs/code-free/<job name>``
+    (``fedmrg job variant --code-free``); the kits' ``class_allow_list`` names its classes."""
+    from fedmrg.job import is_byoc, write_variant
+
+    if not is_byoc(job):
+        return job
+    out = write_variant(job, workspace / "jobs" / "code-free" / job.name, [], overwrite=True, code_free=True)
+    print(f"submitting {out}, a code-free copy of {job} (the kits refuse custom code)", file=sys.stderr)
+    return out
+
+
 def submit_cli(workspace: Path, job: Path, admin: str | None = None) -> str:
-    """``nvflare job submit -j JOB --startup-kit <admin kit>``; returns the job id."""
+    """``nvflare job submit -j JOB --startup-kit <admin kit>`` (JOB made code-free, :func:`code_free`); the job id."""
+    job = code_free(workspace, job)
     _, kit = admin_kit(workspace, admin)
     cmd = _nvflare("--format", "json", "job", "submit", "-j", str(job), "--startup-kit", str(kit))
     proc = _run(cmd, poc_env(workspace), check=False, capture=True)
@@ -319,7 +333,8 @@ def session(workspace: Path, admin: str | None = None, timeout: float = 30.0):
 
 
 def submit_api(workspace: Path, job: Path, admin: str | None = None) -> str:
-    """``Session.submit_job``; returns the job id."""
+    """``Session.submit_job`` (the job made code-free, :func:`code_free`); returns the job id."""
+    job = code_free(workspace, job)
     sess = session(workspace, admin)
     try:
         return sess.submit_job(str(job.resolve()))
