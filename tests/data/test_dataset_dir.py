@@ -177,3 +177,12 @@ def test_write_refuses_records_whose_images_do_not_exist(tmp_path):
     msg = str(e.value)
     assert "20 of 40 image file(s) listed do not exist" in msg and "images/" in msg and "(study s" in msg
     assert not (tmp_path / "o" / MANIFEST).exists()
+
+
+def test_open_with_a_relative_root_gives_absolute_paths(tmp_path, monkeypatch):
+    out, _, _, records = _write(tmp_path)
+    monkeypatch.chdir(out.parent)
+    ds = FederatedDataset.open(out.name)
+    assert ds.root == out
+    read = [r for _, _, recs in ds.parts() for r in recs]
+    assert len(read) == len(records) and all(Path(im.path).is_absolute() for r in read for im in r.images)

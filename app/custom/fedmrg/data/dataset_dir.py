@@ -204,8 +204,9 @@ class FederatedDataset:
 
     @classmethod
     def open(cls, root: str | Path) -> FederatedDataset:
-        """Open ``root``; raises DataError when it, its manifest or a split file is missing or malformed."""
-        root = Path(root)
+        """Open ``root`` (made absolute, so records read from it name absolute image paths); raises DataError when
+        it, its manifest or a split file is missing or malformed."""
+        root = Path(os.path.abspath(Path(root).expanduser()))
         if not root.is_dir():
             raise DataError(f"{root}: federated dataset directory not found")
         mpath = root / MANIFEST
