@@ -82,7 +82,7 @@ def test_dicom_sr_for_a_png_gets_a_new_study(tmp_path):
 def test_bytes_equal_files_for_png_dicom_and_pydicom_test_files(tmp_path):
     png = write_png(tmp_path / "a.png", radiograph(40))
     dcm = write_dicom(tmp_path / "a.dcm", radiograph(40), photometric="MONOCHROME1", bits=12)
-    ct = Path(get_testdata_file("CT_small.dcm"))  # shipped with pydicom (no download)
+    ct = Path(get_testdata_file("CT_small.dcm", download=False))  # shipped inside pydicom: no download
     for path in (png, dcm, ct):
         np.testing.assert_array_equal(load_image_bytes(path.read_bytes(), name=path.name), load_image(path))
     assert sniff_format(png.read_bytes()) == "png" and sniff_format(dcm.read_bytes()) == "dicom"

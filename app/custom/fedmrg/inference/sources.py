@@ -236,6 +236,9 @@ def _open_workspace(app: Path, *, global_file: Path | None, named: Path, progres
             private[site] = f
             site_apps.append(site_app)
     info: dict[str, Any] = {"source": "FLARE job", "job": job_dir.name, "sites": sorted(private)}
+    synthetic = (persistor.get("learner_args") or {}).get("synthetic")
+    info["data"] = (f"the generated synthetic federation {json.dumps(synthetic)} at sites without a data root of "
+                    "their own" if synthetic else "each site's own data root (not recorded in the model)")  # fmt: skip
     summary = app / "summary" / "summary.json"
     if summary.is_file():
         info["summary"] = _read_json(summary)
