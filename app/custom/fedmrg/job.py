@@ -285,7 +285,7 @@ def _shallow_first(items: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _learner_takes_overrides(learner_path: str) -> bool:
-    return {"config", "overrides"} <= set(init_parameters(_import(learner_path, "learner_path")))
+    return {"config", "overrides"} <= set(init_parameters(_import(learner_path, "learner_path"))[0])
 
 
 def sync_schedule(server: dict[str, Any], client: dict[str, Any], *, explicit: bool = False) -> None:
@@ -319,28 +319,33 @@ def _import(path: str, what: str) -> type:
         raise ConfigError(f"{what} {path!r}: cannot import it ({e})") from e
 
 
-def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """Named ``__init__`` parameters of ``cls``; a ``*args, **kwargs`` constructor adds its bases' (as FLARE does)."""
+def init_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Named ``__init__`` parameters of ``cls`` (a ``**kwargs`` constructor adds its bases', as FLARE does) and whether
+    the list is closed: False when a ``**kwargs`` reaches no base that names them (the class reads any key itself)."""
     params: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
+        if klass is object:
+            return params, False
+        if "__init__" not in vars(klass):
             continue
         sig = inspect.signature(klass.__init__)
         for name, p in sig.parameters.items():
             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 params.setdefault(name, p)
         if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-            break
-    return params
+            return params, True
+    return params, False
 
 
 def check_args(path: str, args: dict[str, Any], *, where: str, prefix: str) -> None:
     """Refuse ``args`` the class at ``path`` does not take, or of the wrong type (from its ``__init__`` annotations).
 
-    ``prefix``: how the user names these arguments (``learner.``, ``server.persistor.``), for the message.
+    ``prefix``: how the user names these arguments (``learner.``, ``server.persistor.``), for the message. A class
+    whose ``__init__`` takes any keyword (``**config``, no named base) checks its own keys when built: only the named
+    parameters are checked here.
     """
     cls = _import(path, "component class")
-    params = init_parameters(cls)
+    params, closed = init_parameters(cls)
     hints: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         if "__init__" in vars(klass) and klass is not object:
@@ -352,7 +357,8 @@ def check_args(path: str, args: dict[str, Any], *, where: str, prefix: str) -> N
     mirror = make_dataclass(f"{cls.__name__}Args", fields_)
     from fedmrg.config import from_dict
 
-    from_dict(mirror, dict(args), source=f"{where} ({path})", _prefix=prefix)
+    checked = dict(args) if closed else {k: v for k, v in args.items() if k in params}
+    from_dict(mirror, checked, source=f"{where} ({path})", _prefix=prefix)
 
 
 def _placeholder_model_dirs(data: dict[str, Any], placeholder: str) -> dict[str, Any]:
