@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedmrg.errors import ConfigError
 from fedmrg.fl.learner import State, TrainOutcome, state_nbytes
 from fedmrg.fl.site_config import SiteConfig
 from fedmrg.fl.state_files import load_state, save_state
@@ -60,8 +61,13 @@ class VisionLearner:
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     def setup(self, site_name: str, workspace_dir: str, config: SiteConfig) -> None:
-        if self.cfg.torch_threads:
-            torch.set_num_threads(self.cfg.torch_threads)
+        if config.requires_dp_sgd:
+            raise ConfigError(f"{config.where('dp_sgd')}: site {site_name!r} requires DP-SGD, which the vision "
+                              f"learner does not implement; remove `dp_sgd` for vision jobs or use the site-level "
+                              f"DP filter (SiteDPFilter) of the job")
+        threads = config.torch_threads if config.torch_threads is not None else self.cfg.torch_threads
+        if threads:
+            torch.set_num_threads(threads)
         self.site_name = site_name
         self.device = torch.device(config.device or self.cfg.device)
         self._ensure_model()
