@@ -219,7 +219,6 @@ def test_image_problem_kinds(tmp_path):
 # ------------------------------------------------------------------------------------------------ real IU data
 
 
-@pytest.mark.slow
 def test_real_iu_relative_input_render_missing(iu_dir, tmp_path, monkeypatch, capsys):
     """The documented IU command with a relative --input and --limit, read back from another directory."""
     monkeypatch.chdir(iu_dir.parent)

@@ -247,7 +247,7 @@ def _load(args: argparse.Namespace, work: Path) -> tuple[list, list, str | None,
         extra["report_text"] = _remove_deid_marks(records, keep=args.keep_deid_marks)
         return records, [], "synthetic", source_info, extra
 
-    from fedmrg.data.readers import read_source
+    from fedmrg.data.readers import ReadResult, read_source
 
     options: dict[str, Any] = {}
     if image_root is not None:
@@ -275,8 +275,9 @@ def _load(args: argparse.Namespace, work: Path) -> tuple[list, list, str | None,
         records, skipped = checked.records, skipped + checked.skipped
         extra["image_check"] = checked.summary(modalities)
     if not records:
+        summary = ReadResult(skipped=skipped).skip_summary()
         raise DataError(
-            f"{input_path}: the {args.source} reader found no usable studies (skipped: {_by_reason(skipped) or 'none'})"
+            f"{input_path}: the {args.source} reader found no usable studies (skipped: {summary or 'none'})"
         )
     label_source = _label(records)
     extra["report_text"] = _remove_deid_marks(records, keep=args.keep_deid_marks)
@@ -284,15 +285,6 @@ def _load(args: argparse.Namespace, work: Path) -> tuple[list, list, str | None,
         n = _render_missing(records, work, seed=args.seed, size=args.image_size)
         source_info["rendered_images"] = n
     return records, skipped, label_source, source_info, extra
-
-
-def _by_reason(skipped: list) -> dict[str, int]:
-    """Skip counts per reason kind (the text before the first ``:``), as the manifest stores them."""
-    out: dict[str, int] = {}
-    for s in skipped:
-        key = s.reason.split(":", 1)[0]
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def _remove_deid_marks(records: list, *, keep: bool) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from fedmrg import __version__
 from fedmrg.data.partition import Partition
-from fedmrg.data.readers.base import Skip
+from fedmrg.data.readers.base import ReadResult, Skip
 from fedmrg.data.records import StudyRecord, read_records, write_records
 from fedmrg.errors import DataError
 from fedmrg.observations import OBSERVATIONS
@@ -134,10 +134,7 @@ def write_federated_dataset(
         for n, recs in partition.unseen.items()
     ]
     test = _write(partition.test, "test.jsonl")
-    skip_counts: dict[str, int] = {}
-    for sk in skipped:
-        key = sk.reason.split(":", 1)[0]
-        skip_counts[key] = skip_counts.get(key, 0) + 1
+    skip_counts = ReadResult(skipped=list(skipped)).skip_summary()
     with (out / SKIPPED_CSV).open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["item", "reason"])
