@@ -34,7 +34,7 @@ def test_trains_and_reports_counts():
     phase = Phase("train", mse(model), AdamWStep(model.parameters(), lr=0.1))
     batches = regression_batches()
     first = run_round(model, [phase], batches, n_steps=20, device=CPU)
-    last = run_round(model, [phase], batches, n_steps=60, device=CPU)
+    last = run_round(model, [phase], batches, n_steps=60, device=CPU, progress="round 1", progress_keys=["train/loss"])
     assert last["train/loss"] < first["train/loss"] / 10
     assert last["steps"] == 60 and last["micro_batches"] == 60 and last["samples"] == 60 * 8
     assert last["skipped_batches"] == last["skipped_steps"] == last["empty_batches"] == 0

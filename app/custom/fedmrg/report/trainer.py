@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -62,6 +62,9 @@ from fedmrg.training import (
     run_round,
 )
 from fedmrg.training.steps import weight_decay_groups
+
+if TYPE_CHECKING:
+    from fedmrg.privacy.dp_sgd import PatientLevelDP
 
 
 @dataclass
@@ -273,7 +276,7 @@ class LocalTrainer:
         }
         try:
             if self.dp is not None:
-                return self._run_dp(n_steps, round_num, g_params, s_params, common)
+                return self._run_dp(self.dp, n_steps, round_num, g_params, s_params, common)
             negatives: dict[str, torch.Tensor | None] = {"now": None}
             gen = torch.Generator().manual_seed(cfg.seed * 7 + round_num)
             per_step = model.config.memory_bank.negatives_per_step
@@ -321,6 +324,7 @@ class LocalTrainer:
 
     def _run_dp(
         self,
+        dp: PatientLevelDP,
         n_steps: int,
         round_num: int,
         g_params: list[torch.nn.Parameter],
@@ -333,8 +337,7 @@ class LocalTrainer:
         (which is data-dependent and would leave the site un-noised). A non-finite loss fails the round (skipping a
         batch would be a data-dependent, un-noised decision).
         """
-        dp, cfg = self.dp, self.config
-        assert dp is not None
+        cfg = self.config
         dp.prepare_round(n_steps, round_num)  # sigma, and the budget check before anything trains
         for part in site_datasets(self.dataset):
             part.set_epoch(round_num * 10_000)
