@@ -50,7 +50,7 @@ def _iu_folder(root: Path, n: int = 12, *, bad: dict[int, bytes] | None = None) 
     return folder
 
 
-def _dicom(path: Path, *, modality: str, study: str, patient: str, truncate: int = 0) -> Path:
+def _dicom(path: Path, *, modality: str, study: str, patient: str, truncate: int = 0, frames: int = 1) -> Path:
     """A 32x32 single-frame DICOM with a sidecar report ``<study>.txt``; ``truncate`` cuts bytes off its end."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -61,7 +61,9 @@ def _dicom(path: Path, *, modality: str, study: str, patient: str, truncate: int
     ds.StudyInstanceUID, ds.PatientID, ds.Modality, ds.ViewPosition = study, patient, modality, "PA"
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 32, 32, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (np.arange(32 * 32, dtype=np.uint16) * 4).tobytes()
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = (np.arange(32 * 32 * frames, dtype=np.uint16) % 4096).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     if truncate:
@@ -214,6 +216,9 @@ def test_image_problem_kinds(tmp_path):
     (tmp_path / "x.dcm").write_text("plain text")
     assert image_problem(tmp_path / "x.dcm").startswith("unreadable image: DICOM header")
     assert image_problem(get_testdata_file("CT_small.dcm"), modalities=None) is None
+    volume = _dicom(tmp_path / "vol.dcm", modality="DX", study="1.2.9.1", patient="p1", frames=3)
+    assert image_problem(volume) == "not a 2-D image: multi-frame DICOM (3 frames)"
+    assert image_problem(volume, modalities=None) == "not a 2-D image: multi-frame DICOM (3 frames)"
 
 
 # ------------------------------------------------------------------------------------------------ real IU data

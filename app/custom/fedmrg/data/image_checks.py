@@ -2,8 +2,8 @@
 
 A file passes when :func:`fedmrg.data.images.load_image` (the loader training uses) decodes it to a 2-D array of
 finite values at least 2 pixels on each side, and, for a DICOM file, its ``Modality`` is one of the allowed codes
-(for chest X-ray sources :data:`RADIOGRAPH_MODALITIES`), read from the header before any pixel is decoded. PNG / JPG
-files carry no modality and are checked for decoding only.
+(for chest X-ray sources :data:`RADIOGRAPH_MODALITIES`) and it holds one frame, both read from the header before any
+pixel is decoded. PNG / JPG files carry no modality and are checked for decoding only.
 
 Every failure is a reason of the form ``"<kind>: <detail>"`` (kinds in :data:`PROBLEM_KINDS`), so skip summaries
 group by kind and ``skipped.csv`` keeps the detail.
@@ -47,8 +47,8 @@ def image_problem(path: str | Path, *, modalities: Sequence[str] | None = RADIOG
     path = Path(path)
     if not path.is_file():
         return "image not found"
-    if modalities is not None and _is_dicom(path):
-        problem = _modality_problem(path, modalities)
+    if _is_dicom(path):
+        problem = _dicom_header_problem(path, modalities)
         if problem:
             return problem
     try:
@@ -176,13 +176,22 @@ def _is_dicom(path: Path) -> bool:
     return is_dicom(path)
 
 
-def _modality_problem(path: Path, modalities: Sequence[str]) -> str | None:
+def _dicom_header_problem(path: Path, modalities: Sequence[str] | None) -> str | None:
+    """Modality and frame count from the header alone (no pixel data read)."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "NumberOfFrames"])
     except Exception as e:  # pydicom raises InvalidDicomError, OSError, EOFError, ValueError on damaged headers
         return f"unreadable image: DICOM header: {e}"
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return f"unreadable image: invalid NumberOfFrames {ds.get('NumberOfFrames')!r}"
+    if frames > 1:
+        return f"not a 2-D image: multi-frame DICOM ({frames} frames)"
+    if modalities is None:
+        return None
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if not modality:
         return f"not a radiograph: DICOM Modality missing (expected one of {', '.join(modalities)})"
