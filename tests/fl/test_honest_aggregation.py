@@ -119,7 +119,9 @@ def test_the_round_ends_as_soon_as_min_clients_cannot_be_reached(setup, monkeypa
     assert cancelled == [task]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"round_retries": -1}, ">= 0"), ({"min_clients": 0}, "greater than 0")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"round_retries": -1}, ">= 0"), ({"min_clients": 0}, "greater than 0")]
+)
 def test_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ResumableScatterAndGather(**kwargs)
