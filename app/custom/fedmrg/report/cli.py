@@ -126,6 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder-shape", help="with --meta: a packaged decoder architecture (llama-2-7b) or a folder "
                    "with a config.json, used when decoder.path does not exist")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--method", help="count this method instead of the config's; 'all': the shared (communicated) "
+                   "parameters of every method beside the paper's Comm. column (with --meta)")  # fmt: skip
     p.set_defaults(func=run_inspect_model)
 
 
@@ -368,10 +370,27 @@ def run_inspect_model(args: argparse.Namespace) -> int:
         model_config = dataclasses.replace(
             config.model, decoder=dataclasses.replace(config.model.decoder, path=str(decoder_path))
         )
+        if args.method == "all":
+            from fedmrg.report.config import METHODS
+            from fedmrg.report.inspect_model import comm_table, format_comm_table
+
+            rows = comm_table(model_config, args.decoder_shape, list(METHODS))
+            print(json.dumps(rows, indent=2) if args.json else f"config: {path} (meta device)\n{format_comm_table(rows)}")
+            return 0
+        if args.method:
+            from fedmrg.report.inspect_model import with_method
+
+            model_config = with_method(model_config, args.method)
         model = build_meta_model(model_config, args.decoder_shape)
     else:
+        if args.method == "all":
+            raise ConfigError("--method all counts on the meta device: add --meta")
         config = load_run_config(path)
         torch.manual_seed(config.training.seed)
+        if args.method:
+            from fedmrg.report.inspect_model import with_method
+
+            config = dataclasses.replace(config, model=with_method(config.model, args.method))
         model = FedMRGModel(config.model)
     counts = count_parameters(model)
     counts["config"] = str(path)

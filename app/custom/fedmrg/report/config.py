@@ -22,8 +22,19 @@ from typing import Literal
 
 from fedmrg.privacy.dp_config import PrivacyConfig
 
-Method = Literal["fedmrg", "fedlora", "fedprompt", "fedprefix", "fedvera", "full"]
-METHODS: tuple[str, ...] = ("fedmrg", "fedlora", "fedprompt", "fedprefix", "fedvera", "full")
+Method = Literal["fedmrg", "fedlora", "fedprompt", "fedprefix", "fedvera", "fedadalora", "fedpara", "promptmrg", "full"]
+METHODS: tuple[str, ...] = (
+    "fedmrg",
+    "fedlora",
+    "fedprompt",
+    "fedprefix",
+    "fedvera",
+    "fedadalora",
+    "fedpara",
+    "promptmrg",
+    "full",
+)
+PromptEncoder = Literal["mlp", "none"]
 EncoderPreset = Literal["resnet-tiny", "resnet-18", "resnet-50", "resnet-101"]
 DecoderMode = Literal["auto", "llm", "clm"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -97,8 +108,19 @@ class AdapterConfig:
         alpha: LoRA ``lora_alpha``; the update is scaled by ``alpha / r``.
         dropout: LoRA dropout probability in [0, 1).
         target_modules: names of the decoder's linear layers that get LoRA / VeRA.
-        num_virtual_tokens: number of virtual tokens for ``fedprompt`` / ``fedprefix``.
+        num_virtual_tokens: number of virtual tokens for ``fedprompt`` / ``fedprefix`` (the paper's Comm. column
+            implies 200 at Llama-2-7B scale, see ``llama2-7b.yaml`` and docs/benchmark.md).
         vera_r: rank of VeRA's shared random projections (``fedvera``).
+        prompt_encoder: reparametrisation of ``fedprompt``'s virtual tokens: ``"mlp"`` is PEFT's
+            ``PromptEncoderConfig`` (P-tuning MLP, 3 linear layers of width d_model, trained and shared with the
+            token embeddings; the paper's 102M at Llama-2-7B = 51M base + 200 x 4096 + 3 x 4096^2 weights and
+            biases); ``"none"`` is Lester et al.'s plain prompt tuning (PEFT ``PromptTuningConfig``).
+        prefix_projection: PEFT ``PrefixTuningConfig.prefix_projection`` for ``fedprefix`` (an MLP of width
+            d_model over the prefix). Off by default: the paper's 103M at Llama-2-7B is 51M base + the raw
+            prefix, 200 tokens x 2 (key, value) x 32 layers x 4096.
+        adalora_init_r: initial rank of AdaLoRA's SVD-form adapter (``fedadalora``; PEFT's default 12).
+        loha_r: rank of each of LoHa's two low-rank factors (``fedpara``; FedPara's Hadamard product
+            W = (X1 Y1^T) * (X2 Y2^T)); 24 on q/v gives the paper's 76M at Llama-2-7B.
     """
 
     r: int = 16
@@ -107,6 +129,10 @@ class AdapterConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     num_virtual_tokens: int = 16
     vera_r: int = 256
+    prompt_encoder: PromptEncoder = "mlp"
+    prefix_projection: bool = False
+    adalora_init_r: int = 12
+    loha_r: int = 24
 
     def __post_init__(self) -> None:
         _check(self.r > 0, f"`adapter.r` must be a positive int, got {self.r}")
@@ -114,6 +140,12 @@ class AdapterConfig:
         _check(0.0 <= self.dropout < 1.0, f"`adapter.dropout` must be in [0, 1), got {self.dropout}")
         _check(self.num_virtual_tokens > 0, f"`adapter.num_virtual_tokens` must be > 0, got {self.num_virtual_tokens}")
         _check(self.vera_r > 0, f"`adapter.vera_r` must be > 0, got {self.vera_r}")
+        _check(
+            self.prompt_encoder in ("mlp", "none"),
+            f"`adapter.prompt_encoder` must be 'mlp' or 'none', got {self.prompt_encoder!r}",
+        )
+        _check(self.adalora_init_r > 0, f"`adapter.adalora_init_r` must be > 0, got {self.adalora_init_r}")
+        _check(self.loha_r > 0, f"`adapter.loha_r` must be > 0, got {self.loha_r}")
 
 
 @dataclass
@@ -231,7 +263,9 @@ class FedMRGConfig:
         decoder: the causal LM (``decoder.path`` is required).
         method: ``"fedmrg"`` (dual LoRA adapters + contrastive + diagnosis prompts + mutual distillation);
             baselines ``"fedlora"`` (one LoRA), ``"fedprompt"`` (PEFT prompt tuning), ``"fedprefix"`` (PEFT prefix
-            tuning), ``"fedvera"`` (PEFT VeRA), ``"full"`` (no adapter: the whole decoder trains and travels, i.e.
+            tuning), ``"fedvera"`` (PEFT VeRA), ``"fedadalora"`` (PEFT AdaLoRA at its initial rank),
+            ``"fedpara"`` (PEFT LoHa: FedPara's low-rank Hadamard product), ``"promptmrg"`` (one LoRA adapter +
+            diagnosis head and prompt tokens, no specialized adapter, no contrastive loss), ``"full"`` (no adapter: the whole decoder trains and travels, i.e.
             it is treated as a CLM whatever its size; ``decoder.mode: llm`` is rejected).
         encoder, adapter, losses, memory_bank, ablations, generation: see their classes.
         alpha_mix: weight of the generic adapter at inference at a participating site,
@@ -272,13 +306,13 @@ class FedMRGConfig:
             "studies of a batch (no per-study gradient) and its memory bank uploads raw patient-derived features",
         )
         _check(
-            self.peft_type not in ("lora", "vera") or bool(self.adapter.target_modules),
+            self.peft_type not in ("lora", "vera", "adalora", "loha") or bool(self.adapter.target_modules),
             f"`adapter.target_modules` must name at least one layer for `method: {self.method}`",
         )
 
     # ---- derived switches (the model and trainer read these, never the raw flags) ----
     @property
-    def peft_type(self) -> Literal["lora", "prompt", "prefix", "vera", "none"]:
+    def peft_type(self) -> Literal["lora", "prompt", "prefix", "vera", "adalora", "loha", "none"]:
         """Which PEFT method adapts the decoder."""
         return {  # type: ignore[return-value]
             "fedmrg": "lora",
@@ -286,6 +320,9 @@ class FedMRGConfig:
             "fedprompt": "prompt",
             "fedprefix": "prefix",
             "fedvera": "vera",
+            "fedadalora": "adalora",
+            "fedpara": "loha",
+            "promptmrg": "lora",
             "full": "none",
         }[self.method]
 
@@ -296,8 +333,8 @@ class FedMRGConfig:
 
     @property
     def uses_prompts(self) -> bool:
-        """Diagnosis head + 14 state tokens in the decoder prompt."""
-        return self.method == "fedmrg" and not self.ablations.no_prompts
+        """Diagnosis head + 14 state tokens in the decoder prompt (FedMRG and the PromptMRG baseline)."""
+        return self.method == "promptmrg" or (self.method == "fedmrg" and not self.ablations.no_prompts)
 
     @property
     def uses_contrastive(self) -> bool:

@@ -37,6 +37,18 @@ from fedmrg.report.shared_state import _private_tensors, _shared_tensors
 #: The paper's communicated parameters per round for FedMRG with Llama-2-7B + ResNet-101 (Tables 1-3, "Comm.").
 PAPER_SHARED_PARAMS = 59_000_000
 
+#: The paper's "Comm." column per method (Table 1; Llama-2-7B + ResNet-101), in parameters. ``full`` has none.
+PAPER_COMM: dict[str, int] = {
+    "fedmrg": 59_000_000,
+    "fedlora": 59_000_000,
+    "fedprompt": 102_000_000,
+    "fedprefix": 103_000_000,
+    "fedvera": 51_000_000,
+    "fedadalora": 57_000_000,
+    "fedpara": 76_000_000,
+    "promptmrg": 59_000_000,
+}
+
 
 def shapes_dir() -> Path:
     """Folder of the packaged decoder architectures (``configs/shapes/<name>/config.json``)."""
@@ -189,5 +201,50 @@ def format_counts(counts: dict[str, Any], *, paper_shared: int | None = PAPER_SH
         s = counts["shared"]["parameters"]
         lines.append(
             f"shared parameters vs the paper's {paper_shared / 1e6:.0f}M: {s / 1e6:.2f}M ({s / paper_shared:.3f}x)"
+        )
+    return "\n".join(lines)
+
+
+def with_method(config: FedMRGConfig, method: str) -> FedMRGConfig:
+    """``config`` with another ``method`` (ablations cleared for a baseline; ``full`` gets ``decoder.mode: auto``,
+    since it trains the whole decoder)."""
+    from fedmrg.report.config import METHODS, AblationConfig
+
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {list(METHODS)} or 'all', got {method!r}")
+    ablations = config.ablations if method == "fedmrg" else AblationConfig()
+    decoder = replace(config.decoder, mode="auto") if method == "full" else config.decoder
+    return replace(config, method=method, ablations=ablations, decoder=decoder)  # type: ignore[arg-type]
+
+
+def comm_table(config: FedMRGConfig, decoder_shape: str | Path | None, methods: list[str]) -> list[dict[str, Any]]:
+    """Per method: shared (communicated) parameters of the meta-built model, upload bytes (float32) and the paper's
+    Comm. value with the ratio ours / paper (None where the paper gives none)."""
+    rows = []
+    for method in methods:
+        counts = count_parameters(build_meta_model(with_method(config, method), decoder_shape))
+        shared = counts["shared"]["parameters"]
+        paper = PAPER_COMM.get(method)
+        rows.append(
+            {
+                "method": method,
+                "shared_parameters": shared,
+                "payload_bytes_float32": counts["payload_bytes_float32"],
+                "paper_parameters": paper,
+                "ratio_to_paper": shared / paper if paper else None,
+            }
+        )
+    return rows
+
+
+def format_comm_table(rows: list[dict[str, Any]]) -> str:
+    """The Comm. column beside the paper's, one line per method."""
+    lines = [f"{'method':<12}{'shared (M)':>12}{'paper (M)':>11}{'ratio':>8}{'upload MiB':>12}"]
+    for r in rows:
+        paper = f"{r['paper_parameters'] / 1e6:.0f}" if r["paper_parameters"] else "-"
+        ratio = f"{r['ratio_to_paper']:.3f}" if r["ratio_to_paper"] else "-"
+        lines.append(
+            f"{r['method']:<12}{r['shared_parameters'] / 1e6:>12.2f}{paper:>11}{ratio:>8}"
+            f"{r['payload_bytes_float32'] / 2**20:>12.1f}"
         )
     return "\n".join(lines)
