@@ -148,16 +148,15 @@ def _unseen(cfg, data_root: str, out: Path) -> dict:
 
 
 def format_rounds(summary: dict) -> str:
-    """A plain table of the rounds: mean validation metrics and bytes."""
+    """A plain table of the rounds: weighted mean validation metrics of the received global model, and bytes."""
     rows = summary.get("rounds") or []
     if not rows:
         return "(no rounds in the summary)"
-    lines = ["round  val (weighted mean)                         bytes up+down"]
+    lines = ["round  val of the received global model              bytes down + up"]
     for r in rows:
-        val = r.get("mean", {}).get("val") or r.get("val_mean") or {}
+        val = r.get("val") or {}
         vals = " ".join(f"{k}={v:.3f}" for k, v in sorted(val.items()) if isinstance(v, (int, float)))
-        b = (r.get("bytes_up_total") or 0) + (r.get("bytes_down_total") or 0)
-        lines.append(f"{r.get('round', '?'):>5}  {vals:<44} {b}")
+        lines.append(f"{r.get('round', '?'):>5}  {vals:<46} {(r.get('bytes_down') or 0) + (r.get('bytes_up') or 0)}")
     return "\n".join(lines)
 
 
