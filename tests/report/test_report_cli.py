@@ -83,10 +83,13 @@ def test_generate_prints_report_and_states(env, capsys):
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and lines[0]["report"] == lines[1]["report"]
-    states = lines[0]["states"]
-    assert len(states) == 14 and all(
-        s["state"] in ("blank", "positive", "negative", "uncertain") for s in states.values()
+    observations = lines[0]["observations"]
+    assert len(observations) == 14 and all(
+        o["state"] in ("blank", "positive", "negative", "uncertain")
+        and o["probability"] == o["probabilities"][o["state"]]
+        for o in observations
     )
+    assert lines[0]["adapter"] == "mixed" and lines[0]["site"] == "centralized"
 
 
 def test_bad_inputs_give_clear_errors(env, capsys, tmp_path):
@@ -116,7 +119,7 @@ def test_bad_inputs_give_clear_errors(env, capsys, tmp_path):
     assert "empty report" in err and first["study_id"] in err
 
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(env["data"])]) == 1
-    assert "not a FedMRG run folder" in capsys.readouterr().err
+    assert f"{tmp_path}: no FedMRG model found" in capsys.readouterr().err
 
 
 def test_inspect_model_counts_llama2_7b_without_weights(capsys):
