@@ -150,3 +150,37 @@ def test_page_in_a_headless_browser(env):
         driver.quit()
         server.shutdown()
         thread.join(timeout=10)
+
+
+def test_cli_binds_loopback_by_default_and_warns_otherwise(env, monkeypatch, capsys):
+    """`fedmrg serve` loads the model, binds 127.0.0.1:8765 unless told otherwise, warns on a public address."""
+    import werkzeug.serving
+
+    from fedmrg.cli import main
+
+    bound = []
+
+    class Stub:
+        server_port = 8765
+
+        def __init__(self, host, port, app, threaded):
+            bound.append((host, port, app))
+
+        def serve_forever(self):
+            raise KeyboardInterrupt  # Ctrl-C
+
+        def server_close(self):
+            bound.append("closed")
+
+    monkeypatch.setattr(werkzeug.serving, "make_server", Stub)
+    assert main(["serve", "--model", str(env["model"])]) == 0
+    host, port, app = bound[0]
+    assert (host, port, bound[1]) == ("127.0.0.1", 8765, "closed")
+    assert app.test_client().get("/api/model").get_json()["site"] == "site-1"
+    captured = capsys.readouterr()
+    assert "FedMRG viewer (personalized for site-1) on http://127.0.0.1:8765/" in captured.out
+    assert "WARNING" not in captured.err
+    assert main(["serve", "--model", str(env["model"]), "--host", "0.0.0.0", "--site", "site-1"]) == 0
+    assert "WARNING: binding 0.0.0.0: other machines can reach this viewer" in capsys.readouterr().err
+    assert main(["serve", "--model", str(env["model"]), "--max-upload-mb", "0"]) == 1
+    assert "--max-upload-mb must be > 0" in capsys.readouterr().err
