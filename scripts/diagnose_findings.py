@@ -150,7 +150,7 @@ def probe_encoder(
     with torch.no_grad():
         pred = head(fev).view(-1, NUM_OBSERVATIONS, NUM_STATES).argmax(-1).numpy() == POS
     out = per_observation_f1(pred, eval_s.numpy() == POS)
-    return out | {"path": path, "final_train_loss": float(loss), "seconds": time.perf_counter() - t0}
+    return out | {"path": path, "final_train_loss": loss.item(), "seconds": time.perf_counter() - t0}
 
 
 def report_columns(args: argparse.Namespace, dataset: Any, train_reports: list[str]) -> dict[str, Any]:
