@@ -124,7 +124,9 @@ def main() -> None:
             val = rounds[-1].get("val", {})
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(val.items()) if isinstance(v, (int, float)))
             rows.append(f"| {codec} / {s['_down']} | {up:.4f} | {down:.4f} | {s['_seconds']:.0f} | {metrics} |")
-        print(f"\nsimulator: {args.job.name}, {len(rounds)} round(s), {raw:,} raw float32 bytes of shared state per site")
+        print(
+            f"\nsimulator: {args.job.name}, {len(rounds)} round(s), {raw:,} raw float32 bytes of shared state per site"
+        )
         print("| up / down codec | bytes up per round / fp32 raw | bytes down / fp32 raw | wall s | last-round val |")
         print("|---|---:|---:|---:|---|")
         print("\n".join(rows))
