@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedmrg.job",
     "fedmrg.vision.cli",
     "fedmrg.serve.cli",
+    "fedmrg.bench.cli",
 )
 
 

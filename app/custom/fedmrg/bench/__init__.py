@@ -1,0 +1,1 @@
+"""The paper's comparison (FedMRG against its baselines): the benchmark federation and the runner."""
