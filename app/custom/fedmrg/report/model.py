@@ -208,6 +208,10 @@ class FedMRGModel(nn.Module):
             raise ValueError(f"`method: {self.config.method}` has no specialized adapter; no 'specialized' phase")
         self._phase = phase
         self._apply_phase()
+        if self.has_specialized and self._adapters in ("generic", "specialized") and self._adapters != phase:
+            # the phase's own adapters stay active until the next phase, so the backward pass (which recomputes the
+            # forward under gradient checkpointing) runs the adapters the forward ran, not the teacher's
+            self._switch_adapters(phase, adapter_plan(phase, alpha=self.config.alpha_mix))
 
     def _apply_phase(self) -> None:
         for param, role in self._roles:
