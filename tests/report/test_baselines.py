@@ -154,3 +154,15 @@ def _llama2_7b_model_config():
     raw["decoder"] = {**raw["decoder"], "path": str(path.parent.resolve())}  # placeholder path, as the CLI does
     config = run_config_from_dict(raw, source=str(path), base_dir=path.parent)
     return dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, path=str(path.parent)))
+
+
+def test_inspect_model_method_refusals(capsys):
+    from fedmrg.cli import main
+
+    assert main(["inspect-model", "--method", "all"]) != 0
+    assert "--meta" in capsys.readouterr().err
+    from fedmrg.errors import ConfigError
+    from fedmrg.report.inspect_model import with_method
+
+    with pytest.raises(ConfigError, match="--method must be one of"):
+        with_method(_llama2_7b_model_config(), "fedsomething")
