@@ -53,3 +53,23 @@ def test_builtin_ssl_is_an_encoder_keyword_only():
         resolve_builtin_paths({"decoder": {"path": "builtin-ssl"}})
     with pytest.raises(ValueError, match="batch_size"):
         SSLRecipe(batch_size=1)
+
+
+def test_builtin_ssl_resolves_to_the_pretrained_copy_of_the_builtin_encoder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import fedmrg.report.builtin as builtin
+    import fedmrg.report.builtin_encoder as builtin_encoder
+
+    models = SimpleNamespace(encoder_dir=tmp_path / "enc", decoder_dir=tmp_path / "dec")
+    calls = []
+    monkeypatch.setattr(builtin, "ensure_builtin_models", lambda *a, **k: models)
+    monkeypatch.setattr(
+        builtin_encoder, "ensure_ssl_encoder", lambda base, root, **k: calls.append((base, root)) or tmp_path / "ssl"
+    )
+    data, replaced = resolve_builtin_paths(
+        {"encoder": {"path": "builtin-ssl"}, "decoder": {"path": "builtin"}}, cache_root=tmp_path
+    )
+    assert data["encoder"]["path"] == str(tmp_path / "ssl") and data["decoder"]["path"] == str(tmp_path / "dec")
+    assert calls == [(tmp_path / "enc", tmp_path)]
+    assert replaced == {"encoder.path": "builtin-ssl", "decoder.path": "builtin"}
