@@ -84,7 +84,7 @@ TINY_MODEL_OVERRIDES: dict[str, Any] = {
     "encoder": {"path": "builtin-tiny", "image_size": 32},
     "decoder": {"path": "builtin-tiny"},
     "generation": {"max_new_tokens": 8},
-    "memory_bank": {"per_site_capacity": 8, "negatives_per_step": 4, "upload_per_round": 4},
+    "memory_bank": {"negatives_per_step": 4, "upload_per_round": 4},
     "training": {"batch_size": 2, "eval_batch_size": 4, "warmup_steps": 0},
 }
 

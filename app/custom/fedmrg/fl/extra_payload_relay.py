@@ -10,8 +10,8 @@ brings. Configure one instance as a server ``task_data_filters`` entry on the ``
   ``extra_keys`` are held for that site until the round ends (a round re-run keeps the site's last upload).
   Rejected updates contribute nothing;
 - banking (at the next ``ROUND_STARTED``): each site's upload is appended to its rows in the bank, which keeps the
-  newest ``max_items_per_site`` rows per site and key *across rounds* (FedMRG jobs set it to the learner's
-  ``memory_bank.per_site_capacity``). A site without an accepted update in the round that ended (it failed, was
+  newest ``max_items_per_site`` rows per site and key *across rounds* (the bank's one capacity setting; ``jobs/fedmrg``
+  uses 64). A site without an accepted update in the round that ended (it failed, was
   rejected, was killed, left) is forgotten: its rows are dropped and logged, and are never relayed again unless it
   contributes again;
 - attaching (the filter): when a site pulls a train task, the bank as frozen at the start of the round, minus the

@@ -181,21 +181,21 @@ class LossConfig:
 
 @dataclass
 class MemoryBankConfig:
-    """Global memory bank of pooled features from other sites (paper 3.2.1).
+    """Global memory bank of pooled features from other sites (paper 3.2.1), as the sites use it.
+
+    The bank itself lives on the server (:class:`~fedmrg.fl.extra_payload_relay.ExtraPayloadRelay`): its capacity per
+    site is the relay's ``max_items_per_site`` in the job, not a learner setting.
 
     Args:
-        per_site_capacity: features kept per site in the bank (a site's new upload replaces its old one).
         negatives_per_step: bank features sampled as extra negatives for each training step.
         upload_per_round: pooled features a site samples from its data and uploads each round. These are
             patient-derived: count them in the privacy design (0 disables the upload).
     """
 
-    per_site_capacity: int = 256
     negatives_per_step: int = 64
     upload_per_round: int = 32
 
     def __post_init__(self) -> None:
-        _check(self.per_site_capacity > 0, f"`memory_bank.per_site_capacity` must be > 0, got {self.per_site_capacity}")
         _check(
             self.negatives_per_step >= 0,
             f"`memory_bank.negatives_per_step` must be >= 0, got {self.negatives_per_step}",
