@@ -16,7 +16,7 @@ import pytest
 from fedmrg.fl.state_files import load_state
 
 pytestmark = pytest.mark.slow
-SITES = ["site-1", "site-2", "site-3", "site-4"]
+SITES = ["site-1", "site-2", "site-3", "site-4", "site-5"]
 
 
 def _aggregated_counts(log: str) -> list[int]:
@@ -25,12 +25,14 @@ def _aggregated_counts(log: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory, request):
-    """One run, four sites, three rounds, cross-site evaluation: site-4's data folder is missing (every task fails),
-    site-2 returns a NaN update in round 0, site-3's process is killed when round 1's train task reaches it."""
+    """One run, five sites, three rounds, cross-site evaluation: site-4's data folder is missing and site-5's training
+    data is corrupt (every task of theirs fails), site-2 returns a NaN update in round 0, site-3's process is killed
+    when round 1's train task reaches it."""
     drills = request.getfixturevalue("drills")
     tmp = tmp_path_factory.mktemp("faults")
-    for site in SITES[:3]:
+    for site in [*SITES[:3], "site-5"]:
         (tmp / "data" / site).mkdir(parents=True)
+    (tmp / "data" / "site-5" / "train.npz").write_bytes(b"PK\x03\x04 truncated archive")
     kill = {"path": "kill_switch.KillSwitch", "args": {"site": "site-3", "round": 1}}
     job = drills.make_job(
         tmp,
@@ -41,11 +43,11 @@ def faults(tmp_path_factory, request):
         workflow={"wait_time_after_min_received": 5},  # a straggler's reply (the NaN one) still counts
     )
     env = {"FEDMRG_DATA_ROOT": str(tmp / "data" / "{site}")}
-    return drills.run("faults (4 sites)", job, tmp / "ws", sites=4, env=env)
+    return drills.run("faults (5 sites)", job, tmp / "ws", sites=5, env=env)
 
 
 def test_failed_and_rejected_replies_never_make_a_single_site_global_model(faults):
-    """Every round aggregates exactly the two valid updates although two of four sites fail in each: an error reply
+    """Every round aggregates exactly the two valid updates although three of five sites fail in each: an error reply
     or a rejected update does not count towards min_clients (the unit test with wait 0: tests/fl/test_honest_aggregation.py)."""
     log = faults.server_log()
     assert _aggregated_counts(log) == [2, 2, 2], faults.proc.stdout[-2000:] + log[-3000:]
@@ -61,6 +63,12 @@ def test_missing_data_folder_is_named_every_round(faults):
     assert any(e["site"] == "site-4" and "does not exist" in e["message"] for e in faults.summary["errors"])
 
 
+def test_corrupt_data_is_named_with_its_file_every_round(faults):
+    absent = {(a["round"], a["site"]): a["reason"] for a in faults.summary["absent"]}
+    assert {(0, "site-5"), (1, "site-5"), (2, "site-5")} <= set(absent)
+    assert "train.npz" in absent[(0, "site-5")] and "not readable" in absent[(0, "site-5")], absent[(0, "site-5")]
+
+
 def test_nan_update_is_rejected_and_named(faults):
     """The site's executor refuses to upload NaN (an error reply naming the keys; the server's aggregator would
     reject it too): the summary names site-2 and why."""
@@ -69,7 +77,7 @@ def test_nan_update_is_rejected_and_named(faults):
     assert any(
         e["site"] == "site-2" and e["round"] == 0 and "non-finite" in e["message"] for e in faults.summary["errors"]
     )
-    assert "2/4 (without site-2, site-4)" in faults.markdown()
+    assert "2/5 (without site-2, site-4, site-5)" in faults.markdown()
     final, meta = load_state(faults.app / "FL_global_model.safetensors")
     assert meta["round"] == "2" and all(np.isfinite(v).all() for v in final.values())
 
@@ -79,7 +87,7 @@ def test_killed_site_is_named_and_the_rounds_complete_without_it(faults):
     assert p[1]["missing"]["site-3"] == "no result before the round closed"
     assert "site-3" in p[2]["missing"]
     md = faults.markdown()
-    assert "2/4 (without site-3, site-4)" in md and "| 1 | site-3 |" in md
+    assert "2/5 (without site-3, site-4, site-5)" in md and "| 1 | site-3 |" in md
     # the cross-site table marks the sites that sent no validation instead of leaving them out
     assert {"site-3", "site-4"} <= set(faults.summary["cross_site_missing"]["data_sites"])
     assert "site-3 (MISSING)" in md

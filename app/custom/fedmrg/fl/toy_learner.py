@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmrg.errors import ConfigError
+from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.learner import State, TrainOutcome
 from fedmrg.fl.site_config import SiteConfig
 from fedmrg.fl.state_files import load_state, save_state
+
+TRAIN_FILE = "train.npz"
 
 _PRIVATE_FILE = "toy_private.safetensors"
 EVENTS_FILE = "toy_learner_events.jsonl"
@@ -50,7 +52,9 @@ class ToyLearner:
         nan_sites: sites whose ``train`` returns a NaN shared state in round ``nan_round`` (fault injection).
         nan_round: the round in which ``nan_sites`` return NaN; -1 never.
         require_data_root: ``setup`` raises ConfigError when the site's data root is not an existing folder (as a
-            real learner does).
+            real learner does). When the folder holds ``train.npz`` (arrays ``x`` (n, in_features) and ``y`` (n, 1),
+            float32), the site trains on it instead of its generated split; a file that does not load, or holds other
+            arrays, raises DataError naming the file (the corrupt-data drill).
     """
 
     def __init__(
@@ -126,8 +130,21 @@ class ToyLearner:
         self.generic_head = torch.nn.Linear(self.hidden, 1)
         self.generic_head.load_state_dict(self.head.state_dict())
         self.data = {split: self._make_split(split, n) for split, n in self._splits().items()}
+        if self.require_data_root and (Path(root) / TRAIN_FILE).is_file():
+            self.data["train"] = self._read_train(Path(root) / TRAIN_FILE)
         self._events = Path(workspace_dir) / EVENTS_FILE
         self._log("setup", data_root=config.data_root, config_keys=list(config.explicit_keys))
+
+    def _read_train(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            with np.load(path) as arrays:
+                x, y = np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"], np.float32)
+        except Exception as e:  # any unreadable file is the same failure for the site: name it and stop
+            raise DataError(f"site {self.site_name!r}: training data {path} is not readable: {e}") from e
+        if x.ndim != 2 or x.shape[1] != self.in_features or y.shape != (x.shape[0], 1):
+            raise DataError(f"site {self.site_name!r}: {path}: expected x (n, {self.in_features}) and y (n, 1), "
+                            f"got {x.shape} and {y.shape}")
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def _splits(self) -> dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_val}
