@@ -208,7 +208,7 @@ class FedMRGLearner:
             path = Path(self.config)
             path = path if path.is_file() else packaged_config(self.config)
             data = merge_overrides(load_yaml(path), self.overrides or {})
-            source = str(path)
+            source = f"{path} with the job's learner `overrides`" if self.overrides else str(path)
             for dotted, value in self.model_paths.items():  # the site's own directories win over the job's
                 section, key = dotted.split(".")
                 data.setdefault(section, {})[key] = value
