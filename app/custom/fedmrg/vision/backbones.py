@@ -62,11 +62,21 @@ def _preprocessing(path: Path, image_size: int) -> Preprocessing:
     return Preprocessing(image_size)
 
 
+#: The committed built-in backbone (built by ``scripts/build_vision_backbone.py``, recipe in ``fedmrg.vision.builtin``).
+BUILTIN_DIR = Path(__file__).parent / "builtin_backbone"
+
+
+def builtin_backbone_dir() -> Path:
+    """The committed built-in backbone folder; ConfigError with the rebuild command when it is missing."""
+    if not (BUILTIN_DIR / "model.safetensors").is_file():
+        raise ConfigError(f"built-in vision backbone missing in {BUILTIN_DIR}: rebuild it with "
+                          f"`python scripts/build_vision_backbone.py`")
+    return BUILTIN_DIR
+
+
 def resolve_backbone_dir(backbone: str, kind: str) -> Path:
     """The folder of ``backbone`` (``"builtin"`` or a path); ``kind`` is ``classification`` or ``segmentation``."""
     if backbone == "builtin":
-        from fedmrg.vision.builtin import builtin_backbone_dir
-
         return builtin_backbone_dir()
     return Path(backbone).expanduser()
 

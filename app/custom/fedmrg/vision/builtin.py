@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from fedmrg.errors import ConfigError
-
-BUILTIN_DIR = Path(__file__).parent / "builtin_backbone"
+from fedmrg.vision.backbones import BUILTIN_DIR, builtin_backbone_dir  # noqa: F401  (re-exported)
 
 RECIPE: dict[str, Any] = {
     "image_size": 64,
@@ -53,14 +52,6 @@ RECIPE: dict[str, Any] = {
     "warmup_steps": 40,
     "seed": 0,
 }
-
-
-def builtin_backbone_dir() -> Path:
-    """The committed built-in backbone folder; ConfigError with the rebuild command when it is missing."""
-    if not (BUILTIN_DIR / "model.safetensors").is_file():
-        raise ConfigError(f"built-in vision backbone missing in {BUILTIN_DIR}: rebuild it with "
-                          f"`python scripts/build_vision_backbone.py`")
-    return BUILTIN_DIR
 
 
 # -- images ---------------------------------------------------------------------------------------------------------

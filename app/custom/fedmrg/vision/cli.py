@@ -90,7 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
     learner_args = demo_learner_args(args)
     cfg = load_vision_config(learner_args, source="fedmrg vision demo")
     if cfg.backbone == "builtin" and cfg.model_method != "cnn":
-        from fedmrg.vision.builtin import builtin_backbone_dir
+        from fedmrg.vision.backbones import builtin_backbone_dir
 
         builtin_backbone_dir()  # fail before the simulator starts
     for sub in ("job", "workspace", "model"):
