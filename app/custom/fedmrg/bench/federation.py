@@ -37,7 +37,7 @@ from fedmrg.data.partition import (
     SiteSplit,
     _group_by_patient,
     _patient_primary_labels,
-    _take_count,
+    partition_from_groups,
     partition_records,
 )
 from fedmrg.data.records import StudyRecord
@@ -76,28 +76,7 @@ def stratified_partition(records: Sequence[StudyRecord], config: PartitionConfig
     rng_group, rng_split = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2))
     sizes = np.array([len(by_patient[p]) for p in patients])
     group = stratified_groups(_patient_primary_labels(patients, by_patient), sizes, n_groups, rng_group)
-    sites: dict[str, SiteSplit] = {}
-    test: list[StudyRecord] = []
-    for g, name in enumerate(config.training_site_names):
-        members = [patients[i] for i in np.flatnonzero(group == g)]
-        n_test = _take_count(len(members), config.test_fraction, keep=1)
-        order = rng_split.permutation(len(members))
-        test_p, rest = [members[i] for i in order[:n_test]], [members[i] for i in order[n_test:]]
-        n_val = _take_count(len(rest), config.val_fraction, keep=1)
-        test.extend(r for p in sorted(test_p) for r in by_patient[p])
-        sites[name] = SiteSplit(
-            name,
-            train=[r for p in sorted(rest[n_val:]) for r in by_patient[p]],
-            val=[r for p in sorted(rest[:n_val]) for r in by_patient[p]],
-        )
-    unseen = {
-        name: [r for i in np.flatnonzero(group == config.num_sites + k) for r in by_patient[patients[i]]]
-        for k, name in enumerate(config.unseen_site_names)
-    }
-    test.sort(key=lambda r: (r.patient_id, r.study_id))
-    part = Partition(config=config, sites=sites, test=test, unseen=unseen)
-    part.check_patient_disjoint()
-    return part
+    return partition_from_groups(patients, by_patient, group, config, rng_split)
 
 
 def merge_partitions(parts: Sequence[Partition], config: PartitionConfig) -> Partition:

@@ -27,7 +27,7 @@ No patient ever appears in two sites or two splits; :meth:`Partition.check_patie
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -204,6 +204,27 @@ def partition_records(records: Sequence[StudyRecord], config: PartitionConfig) -
             why = " (the reports form fewer distinct clusters than sites)" if config.method == "cluster" else ""
             raise DataError(f"partition `{config.method}` left site {name!r} without patients{why}; use fewer sites")
 
+    return partition_from_groups(patients, by_patient, group, config, rng_split)
+
+
+
+def partition_from_groups(
+    patients: Sequence[str],
+    by_patient: Mapping[str, Sequence[StudyRecord]],
+    group: np.ndarray,
+    config: PartitionConfig,
+    rng_split: np.random.Generator,
+) -> Partition:
+    """The partition once each patient has a group: groups ``0..num_sites-1`` are training sites (their patients split
+    into in-domain test, validation and training by ``config``'s fractions), the next ones the unseen sites.
+
+    Args:
+        patients: patient ids, aligned with ``group``.
+        by_patient: each patient's studies.
+        group: (n_patients,) int group index per patient.
+        config: the partition settings (site names, fractions).
+        rng_split: the generator of the test / validation draws.
+    """
     sites: dict[str, SiteSplit] = {}
     test: list[StudyRecord] = []
     for g, name in enumerate(config.training_site_names):
@@ -227,7 +248,6 @@ def partition_records(records: Sequence[StudyRecord], config: PartitionConfig) -
     part = Partition(config=config, sites=sites, test=test, unseen=unseen)
     part.check_patient_disjoint()
     return part
-
 
 def primary_labels(records: Sequence[StudyRecord]) -> list[str]:
     """One class per record for label-skew partitioning: its *rarest* positive observation.
