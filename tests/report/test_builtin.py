@@ -312,7 +312,7 @@ def test_recipe_loads_from_yaml_and_validates(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_warmup_precision_is_resolved_before_hashing(monkeypatch, native: bool) -> None:
-    from fedmrg.report import precision
+    from fedmrg.training import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     auto = BuiltinRecipe()
