@@ -114,3 +114,25 @@ def test_bad_bytes_are_refused_naming_the_upload(tmp_path):
     empty = write_dicom(tmp_path / "e.dcm", radiograph(16), pixels=False).read_bytes()
     with pytest.raises(DataError, match=r"^empty\.dcm: no pixel data"):
         load_image_bytes(empty, name="empty.dcm")
+
+
+def test_non_radiograph_dicom_is_flagged_before_a_report_is_written(tmp_path):
+    """A CT slice or an MR image gets a warning naming the file and the modality; radiographs and rasters do not."""
+    from fedmrg.data.image_checks import modality_problem
+
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    assert "DICOM Modality CT" in modality_problem(ct)
+    dx = write_dicom(tmp_path / "dx.dcm", radiograph())
+    png = write_png(tmp_path / "x.png", radiograph())
+    assert modality_problem(dx) is None and modality_problem(png) is None
+
+
+def test_generate_warns_on_a_ct_slice(tmp_path):
+    from fedmrg.inference.predict import Predictor
+    from fedmrg.report.export import load_model
+
+    predictor = Predictor(load_model(_tiny.make_tiny_run(tmp_path / "run"), site="site-1"))
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    with pytest.warns(UserWarning, match=r"CT_small\.dcm: not a radiograph: DICOM Modality CT"):
+        (pred,) = predictor.predict_files([ct], generic_only=True)
+    assert pred.report

@@ -200,6 +200,16 @@ def _dicom_header_problem(path: Path, modalities: Sequence[str] | None) -> str |
     return None
 
 
+def modality_problem(path: str | Path, modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> str | None:
+    """Why a DICOM file is not a radiograph of an accepted modality (header only), or None (also for rasters, which
+    carry no modality). Used by inference to warn before writing a chest X-ray report for, e.g., a CT slice."""
+    path = Path(path)
+    if not path.is_file() or not _is_dicom(path):
+        return None
+    problem = _dicom_header_problem(path, modalities)
+    return problem if problem and problem.startswith("not a radiograph") else None
+
+
 def _without_path(message: str, path: Path) -> str:
     """``load_image`` messages start with the path; ``skipped.csv`` already has it in its own column."""
     return message.removeprefix(f"{path}: ").removeprefix("unreadable image: ")

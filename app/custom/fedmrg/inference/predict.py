@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,9 +107,15 @@ class Predictor:
         batch_size: int = 8,
     ) -> list[Prediction]:  # fmt: skip
         """Reports for image files (PNG / JPEG / BMP / DICOM); DataError naming the first unreadable file."""
+        from fedmrg.data.image_checks import modality_problem
         from fedmrg.data.images import load_image
 
         arrays = [load_image(p) for p in paths]  # all read first: a bad file stops the batch before any work
+        for p in paths:
+            problem = modality_problem(p)
+            if problem:  # the model reads chest radiographs: say so, the report is written all the same
+                warnings.warn(f"{p}: {problem}; the model was trained on chest radiographs, so the report is unreliable",
+                              stacklevel=2)
         out: list[Prediction] = []
         for i in range(0, len(arrays), batch_size):
             out += self.predict_arrays(arrays[i : i + batch_size], [str(p) for p in paths[i : i + batch_size]],
