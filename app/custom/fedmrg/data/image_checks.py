@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmrg.data.images import DICOM_SUFFIXES, RASTER_SUFFIXES, load_image
+from fedmrg.data.images import DICOM_SUFFIXES, RASTER_SUFFIXES, dicom_frames, load_image
 from fedmrg.data.readers.base import Skip
 from fedmrg.data.records import StudyRecord
 from fedmrg.errors import DataError
@@ -184,9 +184,8 @@ def _dicom_header_problem(path: Path, modalities: Sequence[str] | None) -> str |
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "NumberOfFrames"])
     except Exception as e:  # pydicom raises InvalidDicomError, OSError, EOFError, ValueError on damaged headers
         return f"unreadable image: DICOM header: {e}"
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
+    frames = dicom_frames(ds)
+    if frames is None:
         return f"unreadable image: invalid NumberOfFrames {ds.get('NumberOfFrames')!r}"
     if frames > 1:
         return f"not a 2-D image: multi-frame DICOM ({frames} frames)"

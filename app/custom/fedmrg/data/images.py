@@ -203,13 +203,20 @@ def _read_dicom(path: Path, **kwargs: Any) -> Any:
         raise DataError(f"{path}: unreadable or truncated DICOM file: {e}") from e
 
 
+def dicom_frames(ds: Any) -> int | None:
+    """Frames declared by a DICOM header (1 when absent), or None when ``NumberOfFrames`` is not a number."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+
+
 def dicom_problem(ds: Any) -> str | None:
     """Why a DICOM dataset (header read) cannot be loaded as one radiograph, or None when it can."""
     if "PixelData" not in ds:
         return f"no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')})"
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
+    frames = dicom_frames(ds)
+    if frames is None:
         return f"invalid NumberOfFrames {ds.get('NumberOfFrames')!r}"
     if frames > 1:
         return f"multi-frame DICOM ({frames} frames) is not supported; export a single frame"
