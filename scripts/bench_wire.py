@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_context import FLContext
 
 from fedmrg.fl.wire_bytes_meter import serialized_size
-from fedmrg.fl.wire_codec import CODECS, EIGHT_BIT, WireDecodeFilter, WireEncodeFilter, apply_wire_codec
+from fedmrg.fl.wire_codec import CODECS, EIGHT_BIT, WireDecodeFilter, WireEncodeFilter
 from fedmrg.paths import REPO_ROOT
 
 
@@ -68,30 +69,37 @@ def offline_table(arrays: dict[str, np.ndarray]) -> list[str]:
     return lines
 
 
-def simulate(job: Path, codec: str, sets: list[str], threads: int, work: Path) -> dict:
+def simulate(job: Path, codec: str, sets: list[str], threads: int, work: Path, tag: str) -> dict:
+    """One ``nvflare simulator`` run of a variant of ``job`` with ``codec`` up (down: see the module doc) on the job's
+    training sites (``fedmrg.demo`` convention: the synthetic spec's ``sites``, else ``min_clients``); the run summary
+    with ``_seconds`` and ``_down`` added."""
+    from fedmrg.demo import _sites
     from fedmrg.job import prepare_workspace, simulator_command, write_variant
 
-    variant = write_variant(job, work / f"job-{codec}", sets, overwrite=True)
-    server_path = variant / "app" / "config" / "config_fed_server.json"
-    client_path = variant / "app" / "config" / "config_fed_client.json"
-    server, client = json.loads(server_path.read_text()), json.loads(client_path.read_text())
-    server["workflows"] = server["workflows"][:1]  # rounds only: cross-site evaluation is not what is compared
     down = "float32" if codec == "float32" else ("bfloat16" if codec in EIGHT_BIT else codec)
-    apply_wire_codec(server, client, up=codec, down=down)
-    server_path.write_text(json.dumps(server, indent=2))
-    client_path.write_text(json.dumps(client, indent=2))
-    ws = work / f"ws-{codec}"
+    variant = write_variant(job, work / f"job-{tag}", [*sets, f"wire.up={codec}", f"wire.down={down}"], overwrite=True)
+    ws = work / f"ws-{tag}"
     prepare_workspace(variant, ws)
-    sites = len(json.loads((variant / "meta.json").read_text()).get("deploy_map", {}).get("app", [])) or 2
+    sites, _ = _sites(variant)
     cmd = simulator_command(variant, ws, sites=sites, threads=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"simulator failed for {codec}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
     summary["_seconds"] = time.perf_counter() - t0
     summary["_down"] = down
+    summary["_sites"] = sites
     return summary
+
+
+def final_metrics(summary: dict) -> dict[str, float]:
+    """Metrics of the final global model: the mean over training sites of the cross-site evaluation when the job has
+    one, else the last round's validation (the model after the next-to-last round)."""
+    from fedmrg.demo import _final_global
+
+    return _final_global(summary, summary["_sites"]) or summary["rounds"][-1].get("val", {})
 
 
 def main() -> None:
@@ -103,7 +111,20 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets", help="job variant override KEY=VALUE")
     ap.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
     ap.add_argument("--threads", type=int, default=2, help="simulator threads (default 2)")
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated training seeds of the float32 runs (its spread); "
+        "other codecs run with the first (default 0)",
+    )
+    ap.add_argument(
+        "--no-seed-key",
+        dest="seed_key",
+        action="store_false",
+        help="do not set learner.overrides.training.seed (jobs whose learner has no run configuration)",
+    )
     args = ap.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
     if bad:
@@ -112,23 +133,35 @@ def main() -> None:
     print("\n".join(offline_table(fedmrg_shared_state(args.config, args.image_size))))
     if not args.simulate:
         return
+    runs = [(c, seeds[0]) for c in codecs if c != "float32"]
+    runs = [("float32", seed) for seed in seeds] * ("float32" in codecs) + runs
+    keys = ("bleu4", "ce_f1", "personalized_bleu4", "personalized_ce_f1")
     with tempfile.TemporaryDirectory(prefix="bench_wire_") as tmp:
         rows = []
-        for codec in codecs:
-            s = simulate(args.job, codec, args.sets, args.threads, Path(tmp))
+        for codec, seed in runs:
+            sets = [*args.sets, f"learner.overrides.training.seed={seed}"] if args.seed_key else list(args.sets)
+            s = simulate(args.job, codec, sets, args.threads, Path(tmp), f"{codec}-{seed}")
             raw = s["shared_param_bytes"]
             rounds = s["rounds"]
             n_sites = [len(r["sites"]) for r in rounds]
             up = np.mean([r["bytes_up"] / (n * raw) for r, n in zip(rounds, n_sites, strict=True)])
             down = np.mean([r["bytes_down"] / (n * raw) for r, n in zip(rounds, n_sites, strict=True)])
-            val = rounds[-1].get("val", {})
-            metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(val.items()) if isinstance(v, (int, float)))
-            rows.append(f"| {codec} / {s['_down']} | {up:.4f} | {down:.4f} | {s['_seconds']:.0f} | {metrics} |")
+            final = final_metrics(s)
+            metrics = " | ".join("-" if final.get(k) is None else f"{final[k]:.4f}" for k in keys)
+            rows.append(
+                f"| {codec} / {s['_down']} | {seed} | {up:.4f} | {down:.4f} | {s['_seconds']:.0f} | {metrics} |"
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
         print(
-            f"\nsimulator: {args.job.name}, {len(rounds)} round(s), {raw:,} raw float32 bytes of shared state per site"
+            f"\nsimulator: {args.job.name} {' '.join(args.sets)}, {len(rounds)} round(s), sites {s['_sites']}, "
+            f"{raw:,} raw float32 bytes of shared state per site; metrics of the final global model "
+            "(mean over the training sites of the cross-site evaluation when the job has one)"
         )
-        print("| up / down codec | bytes up per round / fp32 raw | bytes down / fp32 raw | wall s | last-round val |")
-        print("|---|---:|---:|---:|---|")
+        print(
+            "| up / down codec | seed | bytes up per round / fp32 raw | bytes down / fp32 raw | wall s "
+            "| BLEU-4 | CE-F1 | personalized BLEU-4 | personalized CE-F1 |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(rows))
 
 

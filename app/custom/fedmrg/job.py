@@ -32,6 +32,10 @@ Keys of ``--set`` (values are JSON, else strings; the order of the options never
 - ``secure_aggregation=true`` and ``secure_aggregation.<option>`` (``clip_norm``, ``max_weight``, ``threshold``,
   ``min_sites``, ``identity``): switch pairwise-masked secure aggregation on
   (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
+- ``wire.up`` / ``wire.down``: the codec of the sites' uploaded deltas (``float32``, ``bfloat16``, ``float16``,
+  ``int8-tensor``, ``int8-row``) and of the global model sent down (16-bit or ``float32``)
+  (:func:`fedmrg.fl.wire_codec.set_wire_codec`); with secure aggregation the upload stays ``float32`` (masked values
+  cannot be encoded: an explicit 16- or 8-bit ``wire.up`` is refused).
 
 Every argument name is checked against its class's ``__init__`` and its annotated type, so a misspelt key is refused
 when the variant is written, naming the key and the allowed ones.
@@ -193,6 +197,7 @@ class JobOverrides:
         server: ``{(component id, dotted key below its args): value}``.
         site_dp: arguments of the site-level DP filter (``enabled`` for ``site_dp`` itself).
         secure_aggregation: None (untouched) or its options (``on`` for ``secure_aggregation`` itself).
+        wire: ``{"up" | "down": codec}`` (:func:`fedmrg.fl.wire_codec.set_wire_codec`).
     """
 
     rounds: int | None = None
@@ -202,6 +207,7 @@ class JobOverrides:
     server: dict[tuple[str, str], Any] = field(default_factory=dict)
     site_dp: dict[str, Any] = field(default_factory=dict)
     secure_aggregation: dict[str, Any] | None = None
+    wire: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, sets: Iterable[str]) -> JobOverrides:
@@ -232,10 +238,17 @@ class JobOverrides:
             elif head == "secure_aggregation":
                 out.secure_aggregation = out.secure_aggregation or {}
                 out.secure_aggregation[sub or "on"] = value
+            elif head == "wire":
+                from fedmrg.fl.wire_codec import CODECS, check_codec
+
+                if sub not in ("up", "down"):
+                    raise ConfigError(f"--set {item!r}: unknown key; use wire.up or wire.down (codecs {list(CODECS)})")
+                out.wire[sub] = check_codec(value, where=f"--set wire.{sub}")
             else:
                 raise ConfigError(
                     f"--set {item!r}: unknown key; use rounds, min_clients, learner.<arg>, client.<arg>, "
-                    "server.<component id>.<arg>, site_dp[.<arg>] or secure_aggregation[.<option>]"
+                    "server.<component id>.<arg>, site_dp[.<arg>], secure_aggregation[.<option>], "
+                    "wire.up or wire.down"
                 )
         return out
 
@@ -277,6 +290,13 @@ class JobOverrides:
                 apply_secure_aggregation(server, client, options)
             elif options:
                 raise ConfigError("--set secure_aggregation.<option> given with secure_aggregation=false")
+        if self.wire or self.secure_aggregation is not None:
+            from fedmrg.fl.wire_codec import set_wire_codec
+
+            try:
+                set_wire_codec(server, client, up=self.wire.get("up"), down=self.wire.get("down"))
+            except ConfigError as e:
+                raise ConfigError(f"--set wire: {e}") from e
 
 
 def _shallow_first(items: dict[str, Any]) -> list[tuple[str, Any]]:

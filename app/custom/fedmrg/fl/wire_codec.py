@@ -318,3 +318,73 @@ def apply_wire_codec(
         tasks = ["train", "validate", "submit_model"]
         _insert(server, "task_data_filters", tasks, {"path": _ENCODE, "args": {"codec": down}}, "before-meter")
         _insert(client, "task_data_filters", tasks, decode, "first")
+
+
+def job_wire_codecs(server: dict[str, Any], client: dict[str, Any]) -> tuple[str, str]:
+    """``(up, down)`` codecs of the encode filters in a job's server / client configs (``"float32"`` where none)."""
+
+    def codec(cfg: dict[str, Any], key: str) -> str:
+        found = {
+            f.get("args", {}).get("codec", "bfloat16")
+            for chain in cfg.get(key, [])
+            for f in chain.get("filters", [])
+            if f.get("path") == _ENCODE
+        }
+        if len(found) > 1:
+            raise ConfigError(f"`{key}` holds wire encoders with different codecs {sorted(found)}; keep one")
+        return found.pop() if found else "float32"
+
+    return codec(client, "task_result_filters"), codec(server, "task_data_filters")
+
+
+def remove_wire_codec(server: dict[str, Any], client: dict[str, Any]) -> tuple[str, str]:
+    """Take every codec filter out of a job's configs, in place (a chain left empty by it is dropped); returns the
+    ``(up, down)`` codecs it had (:func:`job_wire_codecs`)."""
+    codecs = job_wire_codecs(server, client)
+    for cfg in (server, client):
+        for key in ("task_data_filters", "task_result_filters"):
+            kept = []
+            for chain in cfg.get(key, []):
+                filters = chain.get("filters", [])
+                rest = [f for f in filters if f.get("path") not in (_ENCODE, _DECODE)]
+                if rest or len(rest) == len(filters):
+                    kept.append({**chain, "filters": rest})
+            if key in cfg:
+                cfg[key] = kept
+    return codecs
+
+
+def set_wire_codec(
+    server: dict[str, Any], client: dict[str, Any], *, up: str | None = None, down: str | None = None
+) -> tuple[str, str]:
+    """Replace a job's codec filters, in place: ``up`` / ``down`` given, else kept as the job has them.
+
+    A job with secure aggregation (the client's mask filter) sends its results as masked ring elements: an explicit
+    ``up`` codec other than ``float32`` is refused, naming why, and the job's own ``up`` codec is dropped (the model
+    sent down keeps its ``down`` codec). Returns the ``(up, down)`` codecs now configured.
+
+    Raises:
+        ConfigError: unknown codec, 8-bit ``down``, or ``up`` encoding with secure aggregation.
+    """
+    if up is not None:
+        check_codec(up, where="wire.up")
+    if down is not None:
+        check_codec(down, where="wire.down")
+        if down in EIGHT_BIT:
+            raise ConfigError(
+                f"`wire.down` {down!r}: the model sent down is the whole global model (WEIGHTS), which 8 bits would "
+                "re-quantise every round; use bfloat16, float16 or float32 (8-bit codecs are for wire.up)"
+            )
+    explicit_up = up is not None
+    job_up, job_down = remove_wire_codec(server, client)
+    up, down = up or job_up, down or job_down
+    if _MASK in json.dumps(client) and up != "float32":
+        if explicit_up:
+            raise ConfigError(
+                f"`wire.up` {up!r} with secure aggregation: each site's result is masked (uint32 ring elements the "
+                "server can only sum, never decode per site), so it cannot be wire-encoded; keep wire.up=float32 "
+                "(wire.down=bfloat16 still halves the model sent down)"
+            )
+        up = "float32"
+    apply_wire_codec(server, client, up=up, down=down)
+    return up, down
