@@ -9,7 +9,7 @@
    of the shared state), and the last round's validation metrics. ``--job jobs/fedmrg`` gives the demo's model and
    metrics (about 5 minutes per codec on 2 cores); ``--set`` passes ``fedmrg job variant`` overrides.
 
-    .venv/bin/python scripts/bench_wire.py [--simulate] [--job jobs/toy] [--set rounds=2] [--threads 2]
+    .venv/bin/python scripts/bench_wire.py [--simulate] [--job jobs/toy] [--set rounds=2] [--seeds 0,1] [--threads N]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def offline_table(arrays: dict[str, np.ndarray]) -> list[str]:
     return lines
 
 
-def simulate(job: Path, codec: str, sets: list[str], threads: int, work: Path, tag: str) -> dict:
+def simulate(job: Path, codec: str, sets: list[str], threads: int | None, work: Path, tag: str) -> dict:
     """One ``nvflare simulator`` run of a variant of ``job`` with ``codec`` up (down: see the module doc) on the job's
     training sites (``fedmrg.demo`` convention: the synthetic spec's ``sites``, else ``min_clients``); the run summary
     with ``_seconds`` and ``_down`` added."""
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--job", type=Path, default=Path(REPO_ROOT) / "jobs" / "toy", help="job folder (default jobs/toy)")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="job variant override KEY=VALUE")
     ap.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
-    ap.add_argument("--threads", type=int, default=2, help="simulator threads (default 2)")
+    ap.add_argument("--threads", type=int, help="simulator client processes, -t (default: one per site)")
     ap.add_argument(
         "--seeds",
         default="0",
