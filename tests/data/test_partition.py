@@ -99,6 +99,18 @@ def test_test_set_draws_from_every_site():
         assert len(_patients(from_site)) >= 1
 
 
+def test_test_studies_name_the_site_they_were_drawn_from():
+    """Evaluation applies a test study's site device profile (fedmrg.report.data_loading.open_split) by this name."""
+    records = make_records(120, seed=2)
+    config = PartitionConfig(method="cluster", num_sites=3, seed=0, test_fraction=0.2, svd_components=0)
+    part = partition_records(records, config)
+    assert part.test and {r.meta.get("site") for r in part.test} == set(part.sites)
+    for name, s in part.sites.items():
+        site_topic = {_topic(r) for r in s.train}
+        assert all(_topic(r) in site_topic for r in part.test if r.meta["site"] == name)
+    assert all("site" not in r.meta for s in part.sites.values() for r in s.train + s.val)
+
+
 def test_deterministic_and_independent_of_input_order():
     records = make_records(80, seed=4)
     config = PartitionConfig(method="dirichlet", num_sites=3, seed=7, alpha=0.5)

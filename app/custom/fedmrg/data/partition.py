@@ -19,7 +19,8 @@ skew. :func:`partition_records` does all of that in one deterministic pass:
 
 3. the last ``unseen_sites`` groups become unseen sites (evaluation only; for ``cluster`` the smallest clusters);
 4. inside each training site, patients are drawn for the in-domain test set (``test_fraction``), then for validation
-   (``val_fraction`` of the rest); the test set is the union over sites, so it mixes all training sites.
+   (``val_fraction`` of the rest); the test set is the union over sites, each study naming its site in
+   ``meta["site"]`` (evaluation applies that site's device profile).
 
 No patient ever appears in two sites or two splits; :meth:`Partition.check_patient_disjoint` verifies it.
 """
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -234,7 +235,9 @@ def partition_from_groups(
         test_p, rest = [members[i] for i in order[:n_test]], [members[i] for i in order[n_test:]]
         n_val = _take_count(len(rest), config.val_fraction, keep=1)
         val_p, train_p = rest[:n_val], rest[n_val:]
-        test.extend(r for p in sorted(test_p) for r in by_patient[p])
+        # the test study keeps its site's name, so evaluation applies that site's device profile to its image (an
+        # in-domain study looks as it did at its hospital; without it a site-specific look becomes a label cue)
+        test.extend(replace(r, meta={**r.meta, "site": name}) for p in sorted(test_p) for r in by_patient[p])
         sites[name] = SiteSplit(
             name,
             train=[r for p in sorted(train_p) for r in by_patient[p]],

@@ -221,8 +221,8 @@ def open_split(
             training site's ``split`` (centralized training), or, for ``"test"``, the in-domain test set.
         split: ``"train"``, ``"val"`` or ``"test"``.
 
-    The in-domain test set does not record which site a study came from, so it gets no device transform unless a
-    record names its site in ``meta["site"]``.
+    An in-domain test study gets the device transform of the site named in its ``meta["site"]`` (written by
+    :func:`fedmrg.data.partition.partition_from_groups`); a test study without a known site name gets none.
     """
     from fedmrg.data.dataset_dir import FederatedDataset
 
