@@ -11,8 +11,10 @@ and a projection of bytes and server memory at Llama-2-7B scale; every figure me
 3. Projection from the measured numbers: bytes per round and server memory for 10 and 100 sites with the
    Llama-2-7B + ResNet-101 shared state (shapes from the meta-device model, ``fedmrg inspect-model --meta``), per
    codec (byte ratios from :func:`fedmrg.fl.wire_codec.wire_ratio` on those shapes, FOBS framing measured here).
+4. What one site process holds, stage by stage (imports, models and data, validation, training), in a fresh process.
 
     nice -n 10 .venv/bin/python scripts/bench_sites.py --sites 10 --rounds 2 --local-steps 4 [--threads 10] [--no-bare]
+    nice -n 10 .venv/bin/python scripts/bench_sites.py --breakdown-only
 """
 
 from __future__ import annotations
@@ -167,6 +169,69 @@ def run_bare(learner_args: dict, sites: int, rounds: int, work: Path, interval: 
     return seconds, sampler
 
 
+def _rss_pss() -> tuple[int, int]:
+    """(RSS, PSS) of this process in bytes."""
+    rss = pss = 0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def _breakdown_child(learner_args: dict, data_root: str, work: str, conn) -> None:
+    """In a fresh process: (step, RSS, PSS) after each thing a site process loads, sent back over ``conn``."""
+    rows = [("python + numpy", *_rss_pss())]
+    import torch  # noqa: F401
+
+    rows.append(("+ torch", *_rss_pss()))
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    rows.append(("+ transformers, peft", *_rss_pss()))
+    import importlib
+
+    for module in ("nvflare.private.fed.app.simulator.simulator_worker", "monai", "fedmrg.report.fl_job_learner"):
+        importlib.import_module(module)
+    rows.append(("+ nvflare client, monai, fedmrg", *_rss_pss()))
+    from fedmrg.fl.site_config import SiteConfig
+    from fedmrg.report.fl_job_learner import JobFedMRGLearner
+
+    learner = JobFedMRGLearner(**(learner_args | {"torch_threads": 1}))
+    learner.setup("site-1", work, SiteConfig(site="site-1", data_root=data_root))
+    rows.append(("+ models built, site data loaded (setup)", *_rss_pss()))
+    state = learner.initial_shared_state()
+    learner.validate(state, personalized=True, split="val")
+    rows.append(("+ one validation (generation)", *_rss_pss()))
+    learner.train(state, round_num=0, extra={})
+    rows.append(("+ one round of training (optimizer state, activations)", *_rss_pss()))
+    conn.send(rows)
+
+
+def memory_breakdown(learner_args: dict, work: Path) -> list[str]:
+    """Markdown table: what one site process holds after each stage (one fresh process, nothing else shared)."""
+    import multiprocessing as mp
+
+    from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
+
+    data_root = str(ensure_synthetic_federation(SyntheticSpec(**learner_args["synthetic"])))
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_breakdown_child, args=(learner_args, data_root, str(work), child))
+    proc.start()
+    rows = parent.recv()
+    proc.join()
+    lines = ["| a site process after | RSS | PSS | PSS added |", "|---|---:|---:|---:|"]
+    prev = 0
+    for name, rss, pss in rows:
+        lines.append(f"| {name} | {rss / 2**20:.0f} MiB | {pss / 2**20:.0f} MiB | {(pss - prev) / 2**20:+.0f} MiB |")
+        prev = pss
+    return lines
+
+
 def llama_shared_shapes() -> dict[str, tuple[int, ...]]:
     """Shapes of the shared state of Llama-2-7B + ResNet-101 (packaged ``llama2-7b.yaml``), built on the meta device."""
     import dataclasses
@@ -224,6 +289,9 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=1.0, help="PSS sampling period, seconds")
     p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare loop")
     p.add_argument("--no-projection", dest="projection", action="store_false", help="skip the Llama-2-7B projection")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the stage-by-stage memory of one site process")  # fmt: skip
+    p.add_argument("--breakdown-only", action="store_true", help="only the stage-by-stage memory of one site process")
     args = p.parse_args()
     threads = args.threads or args.sites
 
@@ -231,6 +299,9 @@ def main() -> int:
         tmp = Path(tmp)
         job = make_job(tmp / "job", args.sites, args.rounds, args.local_steps, args.validate_studies)
         learner_args = _overhead_module()._learner_args(job)
+        if args.breakdown_only:
+            print("\n".join(memory_breakdown(learner_args, tmp / "breakdown")))
+            return 0
         from fedmrg.demo import _prefetch_in_child
 
         _prefetch_in_child(job)  # built-in models and the synthetic federation once, before the sites start
@@ -238,6 +309,7 @@ def main() -> int:
         print(f"simulator done in {sim_s:.0f} s", file=sys.stderr, flush=True)
         bare_s, bare = run_bare(learner_args, args.sites, args.rounds, tmp / "bare", args.interval) if args.bare else (
             None, None)  # fmt: skip
+        breakdown = memory_breakdown(learner_args, tmp / "breakdown") if args.breakdown else []
 
     rounds = summary["rounds"]
     in_rounds = sum(r.get("seconds") or 0.0 for r in rounds)
@@ -264,6 +336,10 @@ def main() -> int:
             f"{r} {', '.join(_gib(x) for x in sorted(v, reverse=True))}" for r, v in sorted(roles.items())
         )
         print(f"| {name} | {_gib(s.peak_sum)} | {len(s.peak)} | {site} | {other} |")
+    if breakdown:
+        print("\nOne site process, stage by stage (a fresh process; its PSS is lower where other processes map the "
+              "same libraries)")  # fmt: skip
+        print("\n".join(breakdown))
     if args.projection:
         server_pss = max((size for role, size in sim.peak.values() if role == "simulator"), default=0)
         print(
