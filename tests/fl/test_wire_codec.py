@@ -128,3 +128,28 @@ def test_filters_round_trip_and_fail_closed():
         WireEncodeFilter("float16").process(big, FLContext())
     with pytest.raises(ConfigError, match="codec"):
         WireEncodeFilter("int4")
+
+
+def test_set_wire_codec_replaces_reads_back_and_is_idempotent():
+    import copy
+    import json
+    from pathlib import Path
+
+    from fedmrg.fl.wire_codec import job_wire_codecs, remove_wire_codec, set_wire_codec
+    from fedmrg.paths import REPO_ROOT
+
+    cfg = Path(REPO_ROOT) / "jobs" / "toy" / "app" / "config"
+    server0 = json.loads((cfg / "config_fed_server.json").read_text())
+    client0 = json.loads((cfg / "config_fed_client.json").read_text())
+    server, client = copy.deepcopy(server0), copy.deepcopy(client0)
+    assert set_wire_codec(server, client, up="int8-row", down="float16") == ("int8-row", "float16")
+    assert job_wire_codecs(server, client) == ("int8-row", "float16")
+    once = json.dumps([server, client])
+    assert set_wire_codec(server, client) == ("int8-row", "float16")  # nothing given: the job's codecs kept
+    assert json.dumps([server, client]) == once  # not inserted twice
+    assert set_wire_codec(server, client, down="bfloat16") == ("int8-row", "bfloat16")
+    assert remove_wire_codec(server, client) == ("int8-row", "bfloat16")
+    assert job_wire_codecs(server, client) == ("float32", "float32")
+    assert (server, client) == (server0, client0)  # removal restores the job as it was
+    with pytest.raises(ConfigError, match="wire.down.*re-quantise"):
+        set_wire_codec(server, client, down="int8-tensor")

@@ -168,3 +168,68 @@ def test_variant_refuses_a_key_given_twice_and_lists_allowed_keys(tmp_path):
         write_variant(JOB, tmp_path / "v", ["rounds=0"])
     with pytest.raises(ConfigError, match="must be true or false"):
         write_variant(JOB, tmp_path / "v", ["secure_aggregation=yes"])
+
+
+ENCODE, DECODE = "fedmrg.fl.wire_codec.WireEncodeFilter", "fedmrg.fl.wire_codec.WireDecodeFilter"
+
+
+def _wire(job: Path) -> dict[str, list]:
+    """(side, chain key, tasks, filter path, codec) of every codec filter of a job."""
+    out = []
+    for side in ("server", "client"):
+        for key in ("task_data_filters", "task_result_filters"):
+            for chain in _cfg(job, side).get(key, []):
+                for f in chain["filters"]:
+                    if f["path"] in (ENCODE, DECODE):
+                        out.append((side, key, tuple(sorted(chain["tasks"])), f["path"], f["args"].get("codec")))
+    return out
+
+
+def test_variant_sets_the_wire_codecs_and_replaces_the_jobs_own(tmp_path):
+    v = write_variant(JOB, tmp_path / "v", ["wire.up=int8-row", "wire.down=bfloat16"])
+    wire = _wire(v)
+    assert ("client", "task_result_filters", ("submit_model", "train"), ENCODE, "int8-row") in wire
+    assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in wire
+    assert ("client", "task_data_filters", ("submit_model", "train", "validate"), DECODE, None) in wire
+    # decoded on the server right after the byte meter (it counts the encoded bytes), before the aggregator
+    (chain,) = [c for c in _cfg(v, "server")["task_result_filters"] if "train" in c["tasks"]]
+    paths = [f["path"] for f in chain["filters"]]
+    assert paths.index(DECODE) == paths.index("fedmrg.fl.wire_bytes_meter.WireBytesMeter") + 1
+    # a variant of the variant replaces the codecs (one encoder per chain), keeps the other direction
+    w = write_variant(v, tmp_path / "w", ["wire.up=float32"])
+    assert not [x for x in _wire(w) if x[1] == "task_result_filters"]
+    assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in _wire(w)
+    # float32 both ways: no codec filter and no empty chain left behind
+    f32 = write_variant(v, tmp_path / "f32", ["wire.up=float32", "wire.down=float32"])
+    assert _wire(f32) == []
+    for side in ("server", "client"):
+        for key in ("task_data_filters", "task_result_filters"):
+            assert all(c["filters"] for c in _cfg(f32, side).get(key, []))
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ("wire.up=int4", "`--set wire.up` must be one of ['float32', 'bfloat16', 'float16', 'int8-tensor', 'int8-row']"),
+        ("wire.up=16", "`--set wire.up` must be one of"),
+        ("wire.down=int8-row", "`wire.down` 'int8-row': the model sent down is the whole global model"),
+        ("wire.side=bfloat16", "use wire.up or wire.down"),
+        ("wire=bfloat16", "use wire.up or wire.down"),
+    ],
+)
+def test_variant_refuses_bad_wire_codecs_naming_the_key(tmp_path, bad, named):
+    with pytest.raises(ConfigError) as e:
+        write_variant(JOB, tmp_path / "v", [bad])
+    assert named in str(e.value)
+    assert not (tmp_path / "v").exists()
+
+
+def test_variant_refuses_an_encoded_upload_with_secure_aggregation(tmp_path):
+    for sets in (["secure_aggregation=true", "wire.up=bfloat16"], ["wire.up=int8-row", "secure_aggregation=true"]):
+        with pytest.raises(ConfigError, match=r"wire.up.*secure aggregation.*masked.*only sum"):
+            write_variant(JOB, tmp_path / "v", sets)
+    # the model sent down may still be 16-bit; an encoded job switched to secure aggregation uploads float32
+    v = write_variant(JOB, tmp_path / "v", ["wire.up=bfloat16", "wire.down=bfloat16"])
+    s = write_variant(v, tmp_path / "s", ["secure_aggregation=true"])
+    assert [x[1:] for x in _wire(s) if x[0] == "client" and x[3] == ENCODE] == []
+    assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in _wire(s)
