@@ -210,7 +210,10 @@ def test_variant_sets_the_wire_codecs_and_replaces_the_jobs_own(tmp_path):
 @pytest.mark.parametrize(
     ("bad", "named"),
     [
-        ("wire.up=int4", "`--set wire.up` must be one of ['float32', 'bfloat16', 'float16', 'int8-tensor', 'int8-row']"),
+        (
+            "wire.up=int4",
+            "`--set wire.up` must be one of ['float32', 'bfloat16', 'float16', 'int8-tensor', 'int8-row']",
+        ),
         ("wire.up=16", "`--set wire.up` must be one of"),
         ("wire.down=int8-row", "`wire.down` 'int8-row': the model sent down is the whole global model"),
         ("wire.side=bfloat16", "use wire.up or wire.down"),
