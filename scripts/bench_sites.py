@@ -20,7 +20,6 @@ and a projection of bytes and server memory at Llama-2-7B scale; every figure me
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -36,6 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import psutil  # noqa: E402
 
+import bench_fl_overhead  # noqa: E402  (scripts/ is on sys.path: the bare loop's site workers are spawned from it)
 from fedmrg.fl.wire_codec import wire_ratio  # noqa: E402
 from fedmrg.job import prepare_workspace, simulator_command, write_variant  # noqa: E402
 from fedmrg.paths import REPO_ROOT  # noqa: E402
@@ -117,14 +117,6 @@ class PssSampler:
         return out
 
 
-def _overhead_module():
-    """``scripts/bench_fl_overhead.py`` (its bare loop), imported by path."""
-    spec = importlib.util.spec_from_file_location("bench_fl_overhead", Path(__file__).with_name("bench_fl_overhead.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def make_job(out: Path, sites: int, rounds: int, steps: int, validate: int) -> Path:
     sets = [
         f"rounds={rounds}",
@@ -160,7 +152,7 @@ def run_simulator(job: Path, ws: Path, sites: int, threads: int, interval: float
 
 
 def run_bare(learner_args: dict, sites: int, rounds: int, work: Path, interval: float) -> tuple[float, PssSampler]:
-    bare = _overhead_module()
+    bare = bench_fl_overhead
     sampler = PssSampler(os.getpid(), interval)
     try:
         seconds = bare.bare_loop(learner_args, sites, rounds, work)
@@ -275,6 +267,14 @@ def projection(shapes: dict[str, tuple[int, ...]], framing: float, proc_pss: flo
     return lines
 
 
+def _pss_row(name: str, s: PssSampler, site_key: str) -> str:
+    roles = s.by_role()
+    sizes = roles.pop(site_key, [])
+    site = f"{_gib(min(sizes))} / {_gib(sum(sizes) / len(sizes))} / {_gib(max(sizes))}" if sizes else "-"
+    other = ", ".join(f"{r} {', '.join(_gib(x) for x in sorted(v, reverse=True))}" for r, v in sorted(roles.items()))
+    return f"| {name} | {_gib(s.peak_sum)} | {len(s.peak)} | {site} | {other} |"
+
+
 def _gib(x: float) -> str:
     return f"{x / GIB:.2f} GiB"
 
@@ -298,7 +298,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_sites_") as tmp:
         tmp = Path(tmp)
         job = make_job(tmp / "job", args.sites, args.rounds, args.local_steps, args.validate_studies)
-        learner_args = _overhead_module()._learner_args(job)
+        learner_args = bench_fl_overhead._learner_args(job)
         if args.breakdown_only:
             print("\n".join(memory_breakdown(learner_args, tmp / "breakdown")))
             return 0
@@ -306,36 +306,32 @@ def main() -> int:
 
         _prefetch_in_child(job)  # built-in models and the synthetic federation once, before the sites start
         sim_s, summary, sim = run_simulator(job, tmp / "ws", args.sites, threads, args.interval)
-        print(f"simulator done in {sim_s:.0f} s", file=sys.stderr, flush=True)
-        bare_s, bare = run_bare(learner_args, args.sites, args.rounds, tmp / "bare", args.interval) if args.bare else (
-            None, None)  # fmt: skip
+        rounds = summary["rounds"]
+        in_rounds = sum(r.get("seconds") or 0.0 for r in rounds)
+        raw = summary["shared_param_bytes"]
+        uploads = sum(sum(s.get("bytes_up", 0) > 0 for s in r["sites"].values()) for r in rounds)
+        print(
+            f"{args.sites} sites, {args.rounds} rounds x {args.local_steps} local steps, 96 px, "
+            f"{args.validate_studies} validation studies per site and round; nvflare simulator -n {args.sites} "
+            f"-t {threads}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; PSS sampled every {args.interval:g} s "
+            f"({sim.samples} samples)"
+        )
+        print(
+            f"simulator wall {sim_s:.1f} s (rounds {in_rounds:.1f} s, start-up + shut-down {sim_s - in_rounds:.1f} s)"
+        )
+        print(
+            f"uploads aggregated {uploads} of {args.sites * len(rounds)}; bytes up per upload / raw fp32 shared state: "
+            f"{sum(r['bytes_up'] for r in rounds) / (uploads * raw):.4f} ({raw:,} raw bytes)"
+        )
+        print("\n| run | peak PSS summed | processes | per site process (min / mean / max) | others (peak each) |")
+        print("|---|---:|---:|---|---|")
+        print(_pss_row("simulator", sim, "site"), flush=True)
+        if args.bare:
+            bare_s, bare = run_bare(learner_args, args.sites, args.rounds, tmp / "bare", args.interval)
+            print(_pss_row("bare loop", bare, "bare-site"))
+            print(f"\nbare loop {bare_s:.1f} s | simulator / bare {sim_s / bare_s:.2f}", flush=True)
         breakdown = memory_breakdown(learner_args, tmp / "breakdown") if args.breakdown else []
 
-    rounds = summary["rounds"]
-    in_rounds = sum(r.get("seconds") or 0.0 for r in rounds)
-    raw = summary["shared_param_bytes"]
-    up = sum(r["bytes_up"] for r in rounds) / sum(len(r["sites"]) * raw for r in rounds)
-    print(
-        f"{args.sites} sites, {args.rounds} rounds x {args.local_steps} local steps, 96 px, "
-        f"{args.validate_studies} validation studies per site and round; nvflare simulator -n {args.sites} -t {threads}; "
-        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; PSS sampled every {args.interval:g} s"
-    )
-    print(f"simulator wall {sim_s:.1f} s (rounds {in_rounds:.1f} s, start-up + shut-down {sim_s - in_rounds:.1f} s)"
-          + (f" | bare loop {bare_s:.1f} s | simulator / bare {sim_s / bare_s:.2f}" if bare_s else ""))  # fmt: skip
-    print(f"bytes up per site and round / raw fp32 shared state: {up:.4f} ({raw:,} raw bytes)")
-    print("\n| run | peak PSS summed | processes | per site process (min / mean / max) | other processes (peak each) |")
-    print("|---|---:|---:|---|---|")
-    for name, s in (("simulator", sim), ("bare loop", bare)):
-        if s is None:
-            continue
-        roles = s.by_role()
-        site_key = "site" if name == "simulator" else "bare-site"
-        sizes = roles.pop(site_key, [])
-        site = f"{_gib(min(sizes))} / {_gib(sum(sizes) / len(sizes))} / {_gib(max(sizes))}" if sizes else "-"
-        other = ", ".join(
-            f"{r} {', '.join(_gib(x) for x in sorted(v, reverse=True))}" for r, v in sorted(roles.items())
-        )
-        print(f"| {name} | {_gib(s.peak_sum)} | {len(s.peak)} | {site} | {other} |")
     if breakdown:
         print("\nOne site process, stage by stage (a fresh process; its PSS is lower where other processes map the "
               "same libraries)")  # fmt: skip

@@ -69,7 +69,9 @@ def offline_table(arrays: dict[str, np.ndarray]) -> list[str]:
     return lines
 
 
-def simulate(job: Path, codec: str, sets: list[str], threads: int | None, work: Path, tag: str) -> dict:
+def simulate(
+    job: Path, codec: str, sets: list[str], threads: int | None, work: Path, tag: str, cross_site: bool = True
+) -> dict:
     """One ``nvflare simulator`` run of a variant of ``job`` with ``codec`` up (down: see the module doc) on the job's
     training sites (``fedmrg.demo`` convention: the synthetic spec's ``sites``, else ``min_clients``); the run summary
     with ``_seconds`` and ``_down`` added."""
@@ -78,6 +80,11 @@ def simulate(job: Path, codec: str, sets: list[str], threads: int | None, work: 
 
     down = "float32" if codec == "float32" else ("bfloat16" if codec in EIGHT_BIT else codec)
     variant = write_variant(job, work / f"job-{tag}", [*sets, f"wire.up={codec}", f"wire.down={down}"], overwrite=True)
+    if not cross_site:
+        path = variant / "app" / "config" / "config_fed_server.json"
+        server = json.loads(path.read_text())
+        server["workflows"] = [w for w in server["workflows"] if w["id"] != "cross_site_validate"]
+        path.write_text(json.dumps(server, indent=2))
     ws = work / f"ws-{tag}"
     prepare_workspace(variant, ws)
     sites, _ = _sites(variant)
@@ -102,6 +109,14 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return _final_global(summary, summary["_sites"]) or summary["rounds"][-1].get("val", {})
 
 
+def wire_ratios(rounds: list[dict], raw: int) -> tuple[float, float]:
+    """Mean over rounds of (bytes up / (uploading sites x raw), bytes down / (sites sent the task x raw)); a site whose
+    result missed the round (``bytes_up`` 0) is not counted up."""
+    up = [r["bytes_up"] / (sum(s.get("bytes_up", 0) > 0 for s in r["sites"].values()) * raw) for r in rounds]
+    down = [r["bytes_down"] / (sum(s.get("bytes_down", 0) > 0 for s in r["sites"].values()) * raw) for r in rounds]
+    return float(np.mean(up)), float(np.mean(down))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="run configuration for the offline table (default: packaged default.yaml)")
@@ -123,6 +138,13 @@ def main() -> None:
         action="store_false",
         help="do not set learner.overrides.training.seed (jobs whose learner has no run configuration)",
     )
+    ap.add_argument(
+        "--no-cross-site",
+        dest="cross_site",
+        action="store_false",
+        help="drop the cross-site evaluation; the metrics are then the last round's validation",
+    )
+    ap.add_argument("--keep", type=Path, help="also write each run's summary.json here")
     args = ap.parse_args()
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
@@ -140,12 +162,13 @@ def main() -> None:
         rows = []
         for codec, seed in runs:
             sets = [*args.sets, f"learner.overrides.training.seed={seed}"] if args.seed_key else list(args.sets)
-            s = simulate(args.job, codec, sets, args.threads, Path(tmp), f"{codec}-{seed}")
+            s = simulate(args.job, codec, sets, args.threads, Path(tmp), f"{codec}-{seed}", args.cross_site)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                (args.keep / f"summary-{codec}-{seed}.json").write_text(json.dumps(s, indent=2))
             raw = s["shared_param_bytes"]
             rounds = s["rounds"]
-            n_sites = [len(r["sites"]) for r in rounds]
-            up = np.mean([r["bytes_up"] / (n * raw) for r, n in zip(rounds, n_sites, strict=True)])
-            down = np.mean([r["bytes_down"] / (n * raw) for r, n in zip(rounds, n_sites, strict=True)])
+            up, down = wire_ratios(rounds, raw)
             final = final_metrics(s)
             metrics = " | ".join("-" if final.get(k) is None else f"{final[k]:.4f}" for k in keys)
             rows.append(
@@ -154,8 +177,13 @@ def main() -> None:
             print(rows[-1], file=sys.stderr, flush=True)
         print(
             f"\nsimulator: {args.job.name} {' '.join(args.sets)}, {len(rounds)} round(s), sites {s['_sites']}, "
-            f"{raw:,} raw float32 bytes of shared state per site; metrics of the final global model "
-            "(mean over the training sites of the cross-site evaluation when the job has one)"
+            f"{raw:,} raw float32 bytes of shared state per site; metrics: "
+            + (
+                "the final global model, mean over the training sites of the cross-site evaluation"
+                if args.cross_site
+                else f"the last round's validation (the global model after {len(rounds) - 1} rounds), sample-weighted "
+                "mean over the sites"
+            )
         )
         print(
             "| up / down codec | seed | bytes up per round / fp32 raw | bytes down / fp32 raw | wall s "
