@@ -1,0 +1,113 @@
+"""`fedmrg bench run` / `report`: every row end to end on a tiny federation (tiny built-in models), a well-formed
+table with finite numbers, finished runs skipped, an interrupted run resumed at its next round."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from fedmrg.bench import runner
+from fedmrg.cli import main
+from fedmrg.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny_fed(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "fed"
+    argv = ["bench", "prepare", "--source", "synthetic", "--num-studies", "24", "--sites", "2", "--unseen-sites", "1",
+            "--image-size", "32", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+\.\d+|nan|inf", cell)]
+
+
+@pytest.mark.slow
+def test_every_row_runs_reports_and_resumes(tiny_fed, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "run", "--data", str(tiny_fed), "--out", str(out), "--profile", "tiny", "--partitions", "cluster",
+            "--seeds", "0", "--rounds", "1", "--threads", "1", "--no-comm"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = sorted((out / "runs" / "cluster").glob("*/seed0/metrics.json"))
+    assert [p.parent.parent.name for p in metrics] == sorted(runner.BENCH_METHODS)
+    for path in metrics:
+        m = json.loads(path.read_text())
+        for where in ("in_domain", "unseen"):
+            assert set(runner.METRIC_KEYS) <= set(m[where]), (path, m[where])
+            assert all(math.isfinite(m[where][k]) for k in runner.METRIC_KEYS), (path, m[where])
+        assert len(m["rounds"]) == 1 and m["seconds"]["total"] > 0
+        federated = m["method"] not in ("centralized", "local-only")
+        assert (m["bytes_per_round"]["up"] > m["bytes_per_round"]["shared_param_bytes"] > 0) == federated, m
+        assert not (path.parent / "state").exists()  # the round checkpoint is gone once the run is finished
+        for model in set(m["models"].values()):  # the exported model loads as `fedmrg evaluate --model` does
+            assert (Path(model) / "checkpoint.json").is_file()
+
+    table = (out / "benchmark.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    assert [r.split(" | ")[0].lstrip("| ") for r in body] == [*runner.BENCH_METHODS, "most frequent report"]
+    width = header.count("|")
+    for row in body:
+        assert row.count("|") == width, row
+        cells = row.strip("| ").split(" | ")[2 : 2 + 2 * len(runner.METRIC_KEYS)]
+        assert all(_numbers(c) and all(math.isfinite(x) for x in _numbers(c)) for c in cells), row
+    assert "FedMRG − Fed-LoRA" in table and "fedmrg-no-prompts" in table.split("Ablations")[1]
+    for png in ("val_cluster.png", "frontier_cluster.png"):
+        assert (out / png).stat().st_size > 1000
+
+    stamps = {p: p.stat().st_mtime_ns for p in metrics}
+    capsys.readouterr()
+    assert main(argv) == 0  # every run finished: nothing is rerun
+    assert (
+        f"{len(runner.BENCH_METHODS)} of {len(runner.BENCH_METHODS)} run(s) already finished" in capsys.readouterr().err
+    )
+    assert {p: p.stat().st_mtime_ns for p in metrics} == stamps
+
+    # the same evaluation reads the exported model back: fedmrg evaluate --model on it gives the run's score
+    fed = json.loads((out / "runs" / "cluster" / "fedlora" / "seed0" / "metrics.json").read_text())
+    assert main(["evaluate", "--model", fed["models"]["site-1"], "--data", str(tiny_fed / "cluster"), "--site",
+                 "unseen-1", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0  # fmt: skip
+    assert "CE_F1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())["headline"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_at_its_next_round(tiny_fed, tmp_path, capsys):
+    profile = runner.PROFILES["tiny"]
+    spec = runner.RunSpec("cluster", "fedlora", 0, tiny_fed / "cluster", tmp_path / "run")
+
+    def stop_after_first(r: int) -> None:
+        if r == 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        runner.run_one(spec, profile, orchestrator="inprocess", threads=1, on_round=stop_after_first)
+    first = json.loads((spec.out / "state" / "progress.json").read_text())
+    assert first["round_done"] == 0 and not runner.is_finished(spec.out)
+    capsys.readouterr()
+    m = runner.run_one(spec, profile, orchestrator="inprocess", threads=1, on_round=lambda r: None)
+    assert "resuming at round 1" in capsys.readouterr().err
+    assert [h["round"] for h in m["rounds"]] == [0, 1]
+    assert m["rounds"][0] == first["history"][0]
+
+
+def test_options_are_checked(tiny_fed, tmp_path):
+    with pytest.raises(ConfigError, match="unknown benchmark method 'fedfoo'"):
+        runner.method_overrides("fedfoo")
+    assert runner.method_overrides("fedmrg-no-kd-s2g") == {"method": "fedmrg", "ablations": {"no_kd_s2g": True}}
+    assert runner.method_overrides("local-only") == {"method": "fedmrg"}
+    base = ["bench", "run", "--data", str(tiny_fed), "--out", str(tmp_path / "b"), "--profile", "tiny"]
+    assert main([*base, "--partitions", "dirichlet"]) != 0
+    assert main([*base, "--orchestrator", "simulator", "--methods", "centralized"]) != 0
+    assert main([*base, "--local-steps", "0"]) != 0
+    with pytest.raises(ConfigError, match="no benchmark partition here"):
+        runner.plan(tmp_path, tmp_path / "o", ["cluster"], ["fedlora"], [0])
