@@ -18,6 +18,9 @@ table (``OUT/table.md``, ``OUT/table.json``, also printed):
 
     .venv/bin/python scripts/vision_compare.py --task retina --data-root ../shared/data/medmnist \
         --rounds 6 --local-steps 10 --out /tmp/cmp/retina [--fraction 0.05] [--methods prompt_gen,vpt]
+
+``--table-only`` runs nothing and builds ``OUT/table_partial.{md,json}`` from the method folders already in ``OUT``
+(a method without a finished run is listed as not run).
 """
 
 from __future__ import annotations
@@ -127,12 +130,24 @@ def run_method(args: argparse.Namespace, method: str, out: Path) -> tuple[float,
     with open(str(out) + ".log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.time() - t0
-    rss = None
+    return wall, read_time_file(out)[1], rc
+
+
+def read_time_file(out: Path) -> tuple[float | None, float | None]:
+    """``(wall seconds, peak RSS GiB of the largest process)`` from ``OUT/<method>.time.txt`` (``time -v``)."""
     tfile = Path(str(out) + ".time.txt")
-    if tfile.is_file():
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", tfile.read_text())
-        rss = int(m.group(1)) / 2**20 if m else None
-    return wall, rss, rc
+    if not tfile.is_file():
+        return None, None
+    text = tfile.read_text()
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    rss = int(m.group(1)) / 2**20 if m else None
+    w = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    wall = None
+    if w:
+        wall = 0.0
+        for part in w.group(1).split(":"):
+            wall = wall * 60 + float(part)
+    return wall, rss
 
 
 def fmt(v: Any, spec: str = ".3f") -> str:
@@ -149,7 +164,8 @@ def table_markdown(rows: list[dict[str, Any]], kind: str, header: str) -> str:
     lines = [header, "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
         if r.get("failed"):
-            lines.append(f"| {r['method']} | failed (exit {r['exit']}); see {r['log']} |" + " |" * (len(cols) - 1))
+            what = "not run" if r["exit"] == "not run" else f"failed (exit {r['exit']}); see {r['log']}"
+            lines.append(f"| {r['method']} | {what} |" + " |" * (len(cols) - 1))
             continue
         cells = [fmt(r.get(m1)), fmt(r.get(m2))]
         if "unseen Dice" in cols:
@@ -181,6 +197,8 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per method before its simulator is stopped")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: build the table from the method folders already in --out (missing: not run)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
@@ -192,14 +210,20 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for method in methods:
-        print(f"[{time.strftime('%H:%M:%S')}] {args.task} {method} ...", flush=True)
-        wall, rss, rc = run_method(args, method, out / method)
+        if args.table_only:
+            if not (out / method / "summary.json").is_file():
+                rows.append({"method": method, "failed": True, "exit": "not run", "log": str(out / method)})
+                continue
+            (wall, rss), rc = read_time_file(out / method), 0
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {args.task} {method} ...", flush=True)
+            wall, rss, rc = run_method(args, method, out / method)
         if rc != 0 or not (out / method / "summary.json").is_file():
             rows.append({"method": method, "failed": True, "exit": rc, "log": str(out / method) + ".log"})
             print(f"  failed (exit {rc}); see {out / method}.log", flush=True)
             continue
         row = summarise(out / method, method, kind)
-        if method == "local" and args.task == "polyp" and args.data_root:
+        if method == "local" and args.task == "polyp" and args.data_root and (out / method / "unseen").is_dir():
             row["unseen"] = local_unseen(out / method)
         row.update(wall_s=wall, peak_rss_gib=rss)
         rows.append(row)
@@ -208,8 +232,9 @@ def main() -> int:
               f"data fraction {args.fraction}, {args.sites} sites (centralized: 1), "
               f"data {args.data_root or 'synthetic'}")
     md = table_markdown(rows, kind, header)
-    (out / "table.md").write_text(md)
-    (out / "table.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    name = "table_partial" if args.table_only else "table"
+    (out / f"{name}.md").write_text(md)
+    (out / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     print(md)
     return 0 if not any(r.get("failed") for r in rows) else 1
 
