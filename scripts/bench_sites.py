@@ -41,6 +41,9 @@ from fedmrg.job import prepare_workspace, simulator_command, write_variant  # no
 from fedmrg.paths import REPO_ROOT  # noqa: E402
 
 GIB = 2**30
+#: FLARE's client waits 60 s (``max_runner_sync_timeout``) for the server's job to start; on a loaded 2-core machine
+#: the server's persistor builds the model slower than that and every site exits ("cannot sync with server Runner")
+SIM_ENV = dict(os.environ, NVFLARE_MAX_RUNNER_SYNC_TIMEOUT=os.environ.get("NVFLARE_MAX_RUNNER_SYNC_TIMEOUT", "600"))
 
 
 def pss_bytes(pid: int) -> int | None:
@@ -140,7 +143,7 @@ def run_simulator(job: Path, ws: Path, sites: int, threads: int, interval: float
     log = ws.parent / f"{ws.name}.log"
     t0 = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=SIM_ENV)
         sampler = PssSampler(proc.pid, interval)
         proc.wait()
     seconds = time.perf_counter() - t0

@@ -90,6 +90,7 @@ def simulate(
     sites, _ = _sites(variant)
     cmd = simulator_command(variant, ws, sites=sites, threads=threads)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env.setdefault("NVFLARE_MAX_RUNNER_SYNC_TIMEOUT", "600")  # see bench_sites.SIM_ENV
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
