@@ -481,8 +481,9 @@ def run_centralized(
         for r in range(start, profile.rounds):
             t0 = time.monotonic()
             vrow: dict[str, float] = {}
-            if shared is not None and len(val):  # the model before this round's training, as at a site
-                load_shared_state(model, shared)
+            if len(val):  # the model before this round's training (round 0: the initial model), as at a site
+                if shared is not None:
+                    load_shared_state(model, shared)
                 if private is not None:
                     load_private_state(model, private)
                 start_round(model)
