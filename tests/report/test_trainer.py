@@ -224,3 +224,26 @@ def test_logit_adjustment_comes_from_the_site_training_states(make_config, recor
     assert not any("loss_bias" in k for k in get_shared_state(trainer.model))
     assert not any("loss_bias" in k for k in trainer.model.state_dict())
     assert trainer_with(0.0).model.diagnosis_head.loss_bias.abs().max() == 0
+
+
+def test_head_lr_scale_multiplies_only_the_diagnosis_head_step(make_config, records, tmp_path):
+    """One AdamW step moves each weight by about lr (Adam's normalised step): the head's by 10x with scale 10, every
+    other shared parameter exactly as with scale 1."""
+    moved = {}
+    for scale in (1.0, 10.0):
+        trainer = make_trainer(make_config, records, tmp_path / str(scale), head_lr_scale=scale, warmup_steps=0)
+        model = trainer.model
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainer.train_round(get_shared_state(model), get_private_state(model), round_num=0, steps=1)
+        moved[scale] = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    head = [n for n in moved[1.0] if n.startswith("diagnosis_head.")]
+    assert head and all(moved[1.0][n] > 0 for n in head)
+    for n in head:
+        assert moved[10.0][n] == pytest.approx(10 * moved[1.0][n], rel=0.05)
+    others = [n for n in moved[1.0] if not n.startswith("diagnosis_head.") and moved[1.0][n] > 0]
+    assert others and all(moved[10.0][n] == pytest.approx(moved[1.0][n], rel=1e-4) for n in others)
+
+
+def test_head_lr_scale_must_be_positive():
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        TrainingConfig(head_lr_scale=0.0)

@@ -49,7 +49,7 @@ from fedmrg.report.losses import distillation_losses
 from fedmrg.report.prompt_layout import IGNORE_INDEX
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.state_tokens import StateTokenEmbedding
-from fedmrg.report.steps import StepLosses, detach_encoded
+from fedmrg.report.steps import StepLosses, detach_encoded, generic_step_groups
 from fedmrg.training.dp import DPSGD, LEDGER_FILE, METRIC_PREFIX, RELEASABLE_METRICS
 from fedmrg.training.loop import Phase
 from fedmrg.training.steps import weight_decay_groups
@@ -274,7 +274,8 @@ class PatientLevelDP(DPSGD):
             return dp_specialized_losses(model, batch, carry["encoded"]).as_dict()
 
         phases = [
-            Phase("g", g_loss, self.make_step(weight_decay_groups(g_params, wd), lr=lr),
+            Phase("g", g_loss, self.make_step(generic_step_groups(model, g_params, weight_decay=wd, lr=lr,
+                  head_lr_scale=self.training.head_lr_scale), lr=lr),
                   enter=lambda: model.set_phase("generic"), loss_name="total"),
         ]  # fmt: skip
         if s_params:

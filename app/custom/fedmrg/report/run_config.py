@@ -49,6 +49,7 @@ class TrainingConfig:
         batch_size: studies per micro-batch.
         grad_accum_steps: micro-batches per optimizer step (effective batch = ``batch_size * grad_accum_steps``).
         learning_rate: peak AdamW learning rate.
+        head_lr_scale: the diagnosis head's peak learning rate as a multiple of ``learning_rate`` (same schedule).
         weight_decay: AdamW weight decay on matrices (none on biases, norms and token rows).
         warmup_steps: linear warm-up optimizer steps at the start of the schedule.
         min_lr_ratio: floor of the cosine schedule as a fraction of ``learning_rate`` (0 = decay to zero).
@@ -76,6 +77,7 @@ class TrainingConfig:
     batch_size: int = 16
     grad_accum_steps: int = 1
     learning_rate: float = 5e-5
+    head_lr_scale: float = 1.0
     weight_decay: float = 0.05
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
@@ -99,6 +101,7 @@ class TrainingConfig:
             value = getattr(self, name)
             _check(value >= 1, f"`training.{name}` must be >= 1, got {value}")
         _check(self.learning_rate > 0, f"`training.learning_rate` must be > 0, got {self.learning_rate}")
+        _check(self.head_lr_scale > 0, f"`training.head_lr_scale` must be > 0, got {self.head_lr_scale}")
         _check(self.weight_decay >= 0, f"`training.weight_decay` must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0, f"`training.warmup_steps` must be >= 0, got {self.warmup_steps}")
         _check(0 <= self.min_lr_ratio <= 1, f"`training.min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")

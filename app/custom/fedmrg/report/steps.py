@@ -17,7 +17,7 @@ G step without distillation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +167,21 @@ def optimizer_groups(model: FedMRGModel, *, weight_decay: float = 0.05) -> list[
     """AdamW parameter groups over :meth:`FedMRGModel.trainable_parameters`: weight decay on matrices, none on
     biases, norms and embedding-row vectors (ndim <= 1), as PromptMRG (paper 4.2: AdamW, weight decay 0.05)."""
     return weight_decay_groups(model.trainable_parameters(), weight_decay)
+
+
+def generic_step_groups(
+    model: FedMRGModel, params: Sequence[torch.nn.Parameter], *, weight_decay: float, lr: float, head_lr_scale: float
+) -> list[dict]:
+    """AdamW groups of the G step: :func:`~fedmrg.training.steps.weight_decay_groups` over ``params``, the diagnosis
+    head's own at ``lr * head_lr_scale`` (a linear head on features that move under it needs larger steps than the
+    adapters around it: see ``training.head_lr_scale``)."""
+    head = set() if model.diagnosis_head is None else {id(p) for p in model.diagnosis_head.parameters()}
+    rest = [p for p in params if id(p) not in head]
+    mine = [p for p in params if id(p) in head]
+    groups = weight_decay_groups(rest, weight_decay)
+    if mine:
+        groups += weight_decay_groups(mine, weight_decay, lr=lr * head_lr_scale)
+    return [g for g in groups if g["params"]]
 
 
 def _clip(model: FedMRGModel, max_grad_norm: float | None) -> None:

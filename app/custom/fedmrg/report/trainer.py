@@ -47,7 +47,7 @@ from fedmrg.report.shared_state import (
     load_shared_state,
     start_round,
 )
-from fedmrg.report.steps import detach_encoded, generic_step_losses, specialized_step_losses
+from fedmrg.report.steps import detach_encoded, generic_step_groups, generic_step_losses, specialized_step_losses
 from fedmrg.report.tokenization import ReportCollator
 from fedmrg.training import (
     AdamWStep,
@@ -300,7 +300,8 @@ class LocalTrainer:
                 "device_type": self.device.type,
             }
             phases = [
-                Phase("g", g_loss, AdamWStep(weight_decay_groups(g_params, cfg.weight_decay), **step_args),
+                Phase("g", g_loss, AdamWStep(generic_step_groups(model, g_params, weight_decay=cfg.weight_decay,
+                      lr=cfg.learning_rate, head_lr_scale=cfg.head_lr_scale), **step_args),
                       enter=lambda: model.set_phase("generic"), loss_name="total"),
             ]  # fmt: skip
             if s_params:

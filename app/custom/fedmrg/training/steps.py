@@ -44,12 +44,16 @@ class OptimStep(Protocol):
         ...
 
 
-def weight_decay_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: weight decay on matrices, none on biases, norms and embedding-row vectors (ndim <= 1)."""
+def weight_decay_groups(
+    params: Iterable[torch.nn.Parameter], weight_decay: float, *, lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Two optimizer groups: weight decay on matrices, none on biases, norms and embedding-row vectors (ndim <= 1);
+    ``lr`` (when given) is these groups' own base learning rate instead of the optimizer's."""
     params = list(params)
+    extra = {} if lr is None else {"lr": lr}
     return [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra},
     ]
 
 
