@@ -41,8 +41,9 @@ KEY_METRICS = {"classification": ("accuracy", "auc"), "segmentation": ("dice", "
 
 
 def rounds_to_fraction(values: list[float], fraction: float = 0.95) -> int | None:
-    """First index ``r`` with ``values[r] >= fraction * values[-1]`` (higher is better); None for no values."""
-    if not values:
+    """First index ``r`` with ``values[r] >= fraction * values[-1]`` (higher is better); None for no values or a final
+    value <= 0 (a model that learned nothing has no convergence round)."""
+    if not values or values[-1] <= 0:
         return None
     target = fraction * values[-1]
     return next(r for r, v in enumerate(values) if v >= target)

@@ -31,6 +31,7 @@ def test_rounds_to_95(cmp):
     assert cmp.rounds_to_fraction([0.1, 0.5, 0.96, 0.9, 1.0]) == 2
     assert cmp.rounds_to_fraction([0.2, 0.3, 0.4]) == 2
     assert cmp.rounds_to_fraction([]) is None
+    assert cmp.rounds_to_fraction([0.3, 0.0]) is None
 
 
 def test_summarise_and_table(cmp, tmp_path):
