@@ -231,8 +231,12 @@ def test_variant_refuses_an_encoded_upload_with_secure_aggregation(tmp_path):
     for sets in (["secure_aggregation=true", "wire.up=bfloat16"], ["wire.up=int8-row", "secure_aggregation=true"]):
         with pytest.raises(ConfigError, match=r"wire.up.*secure aggregation.*masked.*only sum"):
             write_variant(JOB, tmp_path / "v", sets)
-    # the model sent down may still be 16-bit; an encoded job switched to secure aggregation uploads float32
+    # the protocol's own tasks share the model's filter chains: a 16-bit model sent down is refused too, and so is
+    # switching an encoded job to secure aggregation (never a codec silently dropped)
+    with pytest.raises(ConfigError, match=r"wire.down.*'bfloat16'.*secure aggregation"):
+        write_variant(JOB, tmp_path / "d", ["secure_aggregation=true", "wire.down=bfloat16"])
     v = write_variant(JOB, tmp_path / "v", ["wire.up=bfloat16", "wire.down=bfloat16"])
-    s = write_variant(v, tmp_path / "s", ["secure_aggregation=true"])
-    assert [x[1:] for x in _wire(s) if x[0] == "client" and x[3] == ENCODE] == []
-    assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in _wire(s)
+    with pytest.raises(ConfigError, match=r"wire.up=float32 --set wire.down=float32"):
+        write_variant(v, tmp_path / "s", ["secure_aggregation=true"])
+    s = write_variant(v, tmp_path / "s2", ["secure_aggregation=true", "wire.up=float32", "wire.down=float32"])
+    assert _wire(s) == []

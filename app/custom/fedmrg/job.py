@@ -34,8 +34,8 @@ Keys of ``--set`` (values are JSON, else strings; the order of the options never
   (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
 - ``wire.up`` / ``wire.down``: the codec of the sites' uploaded deltas (``float32``, ``bfloat16``, ``float16``,
   ``int8-tensor``, ``int8-row``) and of the global model sent down (16-bit or ``float32``)
-  (:func:`fedmrg.fl.wire_codec.set_wire_codec`); with secure aggregation the upload stays ``float32`` (masked values
-  cannot be encoded: an explicit 16- or 8-bit ``wire.up`` is refused).
+  (:func:`fedmrg.fl.wire_codec.set_wire_codec`); with secure aggregation both stay ``float32`` (masked values cannot
+  be encoded, and the protocol's tasks share the model's filter chains): any other codec is refused.
 
 Every argument name is checked against its class's ``__init__`` and its annotated type, so a misspelt key is refused
 when the variant is written, naming the key and the allowed ones.

@@ -359,12 +359,12 @@ def set_wire_codec(
 ) -> tuple[str, str]:
     """Replace a job's codec filters, in place: ``up`` / ``down`` given, else kept as the job has them.
 
-    A job with secure aggregation (the client's mask filter) sends its results as masked ring elements: an explicit
-    ``up`` codec other than ``float32`` is refused, naming why, and the job's own ``up`` codec is dropped (the model
-    sent down keeps its ``down`` codec). Returns the ``(up, down)`` codecs now configured.
+    A job with secure aggregation (the client's mask filter) sends its results as masked ring elements and runs its
+    protocol tasks through the same filter chains: any codec other than ``float32`` (given or already in the job) is
+    refused, naming why. Returns the ``(up, down)`` codecs now configured.
 
     Raises:
-        ConfigError: unknown codec, 8-bit ``down``, or ``up`` encoding with secure aggregation.
+        ConfigError: unknown codec, 8-bit ``down``, or any encoding with secure aggregation.
     """
     if up is not None:
         check_codec(up, where="wire.up")
@@ -375,16 +375,15 @@ def set_wire_codec(
                 f"`wire.down` {down!r}: the model sent down is the whole global model (WEIGHTS), which 8 bits would "
                 "re-quantise every round; use bfloat16, float16 or float32 (8-bit codecs are for wire.up)"
             )
-    explicit_up = up is not None
     job_up, job_down = remove_wire_codec(server, client)
     up, down = up or job_up, down or job_down
-    if _MASK in json.dumps(client) and up != "float32":
-        if explicit_up:
-            raise ConfigError(
-                f"`wire.up` {up!r} with secure aggregation: each site's result is masked (uint32 ring elements the "
-                "server can only sum, never decode per site), so it cannot be wire-encoded; keep wire.up=float32 "
-                "(wire.down=bfloat16 still halves the model sent down)"
-            )
-        up = "float32"
+    if _MASK in json.dumps(client) and (up, down) != ("float32", "float32"):
+        # the secure-aggregation tasks (advertise, share, unmask) share the model's filter chains, whose payloads are
+        # not model weights: an encoder there would break the protocol, so any codec is refused, never dropped
+        raise ConfigError(
+            f"`wire.up` {up!r} / `wire.down` {down!r} with secure aggregation: each site's result is masked (uint32 "
+            "ring elements the server can only sum, never decode per site), and the protocol's own tasks share the "
+            "model's filter chains; use --set wire.up=float32 --set wire.down=float32 with secure aggregation"
+        )
     apply_wire_codec(server, client, up=up, down=down)
     return up, down
