@@ -65,7 +65,9 @@ def test_tiny_run_writes_both_parts(tmp_path: Path) -> None:
         assert row["decoder_forwards_per_step"] == 4  # G student + teacher, S student + teacher
         b, seq = row["decoder_sequence"]
         assert b == report["batch_size"] and row["tokens_per_step"] == b * seq
-        assert row["seconds_per_step"] > 0
+        # a step time from the difference of two timings: positive, or None when CPU noise exceeded the step
+        assert row["seconds_per_step"] is None or row["seconds_per_step"] > 0
+        assert all(t > 0 for t in row["round_1_step_s"])
     # the measured FLOPs are dominated by the decoder's 12 N T (tiny decoder: encoder and attention are larger shares)
     ratio = report["flops_per_step_measured"] / report["flops_per_step_estimate_12NT"]
     assert 0.5 < ratio < 3, ratio
