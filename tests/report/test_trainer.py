@@ -12,7 +12,7 @@ from PIL import Image
 
 from fedmrg.data.records import ImageRef, StudyRecord
 from fedmrg.errors import FedMRGError
-from fedmrg.observations import OBSERVATIONS, state_to_csv
+from fedmrg.observations import OBSERVATIONS, State, state_to_csv
 from fedmrg.report.data_loading import ReportDataset
 from fedmrg.report.model import FedMRGModel
 from fedmrg.report.run_config import TrainingConfig
@@ -247,3 +247,39 @@ def test_head_lr_scale_multiplies_only_the_diagnosis_head_step(make_config, reco
 def test_head_lr_scale_must_be_positive():
     with pytest.raises(ValueError, match="head_lr_scale"):
         TrainingConfig(head_lr_scale=0.0)
+
+
+def test_finding_balance_weights_follow_the_rarest_positive_observation():
+    from fedmrg.report.data_loading import finding_balance_weights
+
+    # observation 0 positive in study 0 only (1 of 4), observation 1 in studies 1 and 2 (2 of 4), study 3 in none
+    pos, blank = int(State.POSITIVE), int(State.BLANK)
+    rows = [[blank] * 14 for _ in range(4)]
+    rows[0][0] = rows[1][1] = rows[2][1] = pos
+    w = finding_balance_weights(rows, 1.0)
+    assert w.tolist() == pytest.approx([4.0, 2.0, 2.0, 1.0])
+    assert finding_balance_weights(rows, 0.5).tolist() == pytest.approx([2.0, 2**0.5, 2**0.5, 1.0])
+    assert finding_balance_weights(rows, 0.0).tolist() == [1.0] * 4
+
+
+def test_balance_findings_draws_rare_positive_studies_more_often(make_config, tmp_path):
+    """Seven normal studies and one pneumothorax: with balance_findings 1 the pneumothorax weighs 8 / 1 and each
+    normal 8 / 7, so it is about half the draws; with 0, one draw in 8 (a plain pass)."""
+    recs = write_records(tmp_path / "images", n=8)
+    normal_text, normal_states = STUDIES[0]
+    rare = [State.BLANK] * len(OBSERVATIONS)
+    rare[OBSERVATIONS.index("Pneumothorax")] = State.POSITIVE
+    recs = [
+        StudyRecord(r.study_id, r.patient_id, images=r.images, findings=text,
+                    labels={o: state_to_csv(s) for o, s in zip(OBSERVATIONS, states, strict=True)})
+        for r, (text, states) in zip(recs, [("a right pneumothorax .", rare)] + [(normal_text, normal_states)] * 7,
+                                     strict=True)
+    ]  # fmt: skip
+    draws = {}
+    for power in (0.0, 1.0):
+        trainer = make_trainer(make_config, recs, tmp_path / str(power), balance_findings=power, batch_size=8)
+        batches = trainer._batches(round_num=0)
+        ids = [sid for _ in range(50) for sid in next(batches)["study_ids"]]
+        draws[power] = ids.count(recs[0].study_id) / len(ids)
+    assert draws[0.0] == pytest.approx(1 / 8)
+    assert 0.4 < draws[1.0] < 0.6

@@ -125,3 +125,13 @@ def test_packaged_configs_parse(name, tmp_path):
     assert cfg.model.method == "fedmrg" and cfg.training.weight_decay == 0.05
     with pytest.raises(ConfigError, match="no packaged config"):
         packaged_config("nope.yaml")
+
+
+def test_balance_findings_is_refused_with_dp_sgd(tiny_llama_dir):
+    base = {"decoder": {"path": str(tiny_llama_dir)}, "ablations": {"no_contrastive": True}}
+    dp = {"privacy": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}}
+    run_config_from_dict({**base, **dp})  # DP alone is fine
+    with pytest.raises(ConfigError, match=r"run.yaml: `training.balance_findings` > 0 .*Poisson"):
+        run_config_from_dict({**base, **dp, "training": {"balance_findings": 0.5}}, source="run.yaml")
+    with pytest.raises(ConfigError, match=r"`training.balance_findings` must be in \[0, 2\]"):
+        run_config_from_dict({**base, "training": {"balance_findings": -0.1}})

@@ -375,7 +375,9 @@ def run_inspect_model(args: argparse.Namespace) -> int:
             from fedmrg.report.inspect_model import comm_table, format_comm_table
 
             rows = comm_table(model_config, args.decoder_shape, list(METHODS))
-            print(json.dumps(rows, indent=2) if args.json else f"config: {path} (meta device)\n{format_comm_table(rows)}")
+            print(
+                json.dumps(rows, indent=2) if args.json else f"config: {path} (meta device)\n{format_comm_table(rows)}"
+            )
             return 0
         if args.method:
             from fedmrg.report.inspect_model import with_method

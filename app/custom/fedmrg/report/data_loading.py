@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from fedmrg.data.images import image_transform, load_image
 from fedmrg.data.records import StudyRecord
 from fedmrg.errors import DataError
+from fedmrg.observations import State
 from fedmrg.report.diagnosis import states_from_labels
 
 ImageFn = Callable[[np.ndarray], Any]
@@ -179,6 +180,23 @@ def site_datasets(dataset: Dataset) -> list[ReportDataset]:
     return []
 
 
+def finding_balance_weights(states: Sequence[Sequence[int]], power: float) -> torch.Tensor:
+    """Sampling weight (N,) float64 of each study for finding-balanced sampling (``training.balance_findings``).
+
+    A study weighs ``max_o (N / n_o) ** power`` over the observations ``o`` it is positive for, ``n_o`` being the
+    number of the ``N`` studies positive for ``o`` (No Finding is an observation like the others); a study positive
+    for none (all blank, negative or uncertain) weighs 1. ``power`` 0 gives equal weights; 1 draws each observation's
+    positives about as often as the most frequent one's. Written by hand: torch's ``WeightedRandomSampler`` takes
+    weights but no multi-label rule to make them.
+    """
+    s = torch.as_tensor(np.asarray(states, dtype=np.int64)).reshape(len(states), -1)
+    positive = s == int(State.POSITIVE)  # (N, 14)
+    counts = positive.sum(0).clamp(min=1).double()  # (14,)
+    per_obs = (len(s) / counts) ** power  # (14,)
+    w = torch.where(positive, per_obs, torch.zeros_like(per_obs)).amax(1)
+    return torch.where(positive.any(1), w, torch.ones_like(w))
+
+
 def make_loader(
     dataset: Dataset,
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
@@ -188,10 +206,21 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
-    """A DataLoader whose shuffling is drawn from a generator seeded with ``seed`` (reproducible order)."""
+    """A DataLoader whose shuffling is drawn from a generator seeded with ``seed`` (reproducible order).
+
+    ``weights`` (N,): draw ``N`` samples per pass with replacement, with these relative probabilities
+    (``torch.utils.data.WeightedRandomSampler``; needs ``shuffle``).
+    """
     generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if weights is not None:
+        if not shuffle or len(weights) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"`weights` needs shuffle=True and one weight per sample ({len(dataset)}), "  # type: ignore[arg-type]
+                             f"got shuffle={shuffle} and {len(weights)}")  # fmt: skip
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,

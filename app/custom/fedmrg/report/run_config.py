@@ -51,6 +51,11 @@ class TrainingConfig:
         learning_rate: peak AdamW learning rate.
         head_lr_scale: the diagnosis head's peak learning rate as a multiple of ``learning_rate`` (same schedule).
         weight_decay: AdamW weight decay on matrices (none on biases, norms and token rows).
+        balance_findings: exponent ``p`` of finding-balanced sampling: each micro-batch study is drawn (with
+            replacement) with probability proportional to ``max_o (N / n_o) ** p`` over the observations ``o``
+            positive in its labels (``n_o``: the site's training studies positive for ``o``, No Finding included;
+            ``N``: all of them); 0 keeps a plain reshuffled pass per epoch. Not with DP-SGD (its accounting
+            assumes Poisson sampling).
         warmup_steps: linear warm-up optimizer steps at the start of the schedule.
         min_lr_ratio: floor of the cosine schedule as a fraction of ``learning_rate`` (0 = decay to zero).
         rounds: rounds the cosine schedule spans (the FL job's ``num_rounds``; 1 for a centralized run).
@@ -79,6 +84,7 @@ class TrainingConfig:
     learning_rate: float = 5e-5
     head_lr_scale: float = 1.0
     weight_decay: float = 0.05
+    balance_findings: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     rounds: int = 1
@@ -103,6 +109,10 @@ class TrainingConfig:
         _check(self.learning_rate > 0, f"`training.learning_rate` must be > 0, got {self.learning_rate}")
         _check(self.head_lr_scale > 0, f"`training.head_lr_scale` must be > 0, got {self.head_lr_scale}")
         _check(self.weight_decay >= 0, f"`training.weight_decay` must be >= 0, got {self.weight_decay}")
+        _check(
+            0 <= self.balance_findings <= 2,
+            f"`training.balance_findings` must be in [0, 2], got {self.balance_findings}",
+        )
         _check(self.warmup_steps >= 0, f"`training.warmup_steps` must be >= 0, got {self.warmup_steps}")
         _check(0 <= self.min_lr_ratio <= 1, f"`training.min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")
         _check(
@@ -134,6 +144,14 @@ class RunConfig:
     model: FedMRGConfig
     training: TrainingConfig = field(default_factory=TrainingConfig)
     builtin: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            not (self.training.balance_findings > 0 and self.model.privacy.dp_sgd.enabled),
+            "`training.balance_findings` > 0 cannot be combined with `privacy.dp_sgd.enabled`: DP-SGD's privacy "
+            "accounting assumes Poisson sampling of studies, which weighted sampling breaks; set "
+            "`training.balance_findings: 0`",
+        )
 
 
 def resolve_builtin_paths(
@@ -193,7 +211,10 @@ def run_config_from_dict(
     training_data = data.pop("training", None) or {}
     training = from_dict(TrainingConfig, training_data, source=source, base_dir=base_dir, _prefix="training.")
     model = from_dict(FedMRGConfig, data, source=source, base_dir=base_dir)
-    return RunConfig(model=model, training=training, builtin=builtin)
+    try:
+        return RunConfig(model=model, training=training, builtin=builtin)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def load_run_config(path: str | Path, *, cache_root: str | Path | None = None, progress: bool = True) -> RunConfig:

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fedmrg.errors import FedMRGError
-from fedmrg.report.data_loading import make_loader, site_datasets
+from fedmrg.report.data_loading import finding_balance_weights, make_loader, site_datasets
 from fedmrg.report.model import FedMRGModel
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.shared_state import (
@@ -133,6 +133,11 @@ class LocalTrainer:
         self.collator = ReportCollator(model.tokenizer, max_report_tokens=model.config.decoder.max_report_tokens)
         self.scalars = ScalarLog(tb_dir, tag_prefix=site)
         self.dp = None  # patient-level DP-SGD: the same loop with Opacus steps on Poisson batches
+        if model.config.privacy.dp_sgd.enabled and config.balance_findings > 0:
+            raise FedMRGError(
+                f"site {site!r}: `training.balance_findings` cannot be combined with DP-SGD (its accounting "
+                "assumes Poisson sampling); set `training.balance_findings: 0`"
+            )
         if model.config.privacy.dp_sgd.enabled:
             from fedmrg.privacy.dp_sgd import PatientLevelDP
 
@@ -234,6 +239,19 @@ class LocalTrainer:
             raise ValueError("`bank_negatives` holds non-finite values")
         return bank.float() if bank.shape[0] else None
 
+    def _balance_weights(self) -> torch.Tensor | None:
+        """Per-study sampling weights under ``training.balance_findings`` (None: a plain reshuffled pass)."""
+        power = self.config.balance_findings
+        if power == 0:
+            return None
+        parts = site_datasets(self.dataset)
+        if sum(len(p) for p in parts) != len(self.dataset):  # type: ignore[arg-type]
+            raise FedMRGError(
+                f"site {self.site!r}: `training.balance_findings` needs every study's states; the dataset "
+                f"{type(self.dataset).__name__} is not made of ReportDatasets (set `training.balance_findings: 0`)"
+            )
+        return finding_balance_weights([s for p in parts for s in p.states], power)
+
     def _batches(self, round_num: int) -> Iterator[dict[str, Any]]:
         """Endless micro-batches: a reshuffled pass per epoch, order and augmentation seeded by round and epoch."""
         cfg = self.config
@@ -244,6 +262,7 @@ class LocalTrainer:
             shuffle=True,
             seed=cfg.seed * 1_000_003 + round_num,
             num_workers=cfg.num_workers,
+            weights=self._balance_weights(),
         )
         epoch = 0
         while True:
