@@ -20,9 +20,11 @@ model/: the final model for `fedmrg evaluate --model` / `fedmrg generate --model
 skipped; an interrupted run resumes at its next round (in-process). At the end the report is written (as
 `fedmrg bench report OUT`).
 
-Profiles (the same budget for every method): --profile quick (3 seeds, 3 rounds x 4 steps, 64 px, 48 + 48 studies
-scored; <= 20 min on 2 CPU cores), full (3 seeds, 8 rounds x 12 steps, 96 px, 160 + 160 studies; about 2 h), tiny
-(tiny built-in models; tests). --rounds, --local-steps, --seeds, --eval-studies override the profile.
+Profiles (the same budget for every method): --profile quick (a smoke run of every row: 1 seed, 2 rounds x 1 step,
+64 px, 16 + 16 studies scored; sized for <= 20 min on 2 CPU cores), full (3 seeds, 8 rounds x 12 steps, 96 px,
+160 + 160 studies; minutes per run on 2 CPU cores, so all 90 runs take many hours: pick rows with --methods and
+--partitions, see docs/benchmark.md), tiny (tiny built-in models; tests). --rounds, --local-steps, --seeds,
+--eval-studies override the profile.
 
 Orchestrators: inprocess (default) runs the FLARE job's learner class and aggregator in this process;
 simulator runs `nvflare simulator` on a variant of jobs/fedmrg (federated rows only)."""
