@@ -9,6 +9,8 @@ much of the score comes from the prompt. Prints both; CE-F1 is example-based (Pr
     python scripts/lm_prompt_following.py --data DIR [--n 120]             # DIR's in-domain test reports
     python scripts/lm_prompt_following.py --data DIR --warmup-on-train     # also a decoder warmed up on DIR's
                                                                            # training reports (built and cached)
+    python scripts/lm_prompt_following.py --data DIR --random-prefix 16    # also with 16 random vectors before the
+                                                                           # prompt, where FedMRG's visual tokens go
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from fedmrg.report.builtin_recipe import BuiltinRecipe
 from fedmrg.report.diagnosis_prompt import DiagnosisPrompt
 
 
-def follow(decoder_dir, texts: list[str], name: str, max_new_tokens: int) -> None:
-    """Print own-prompt and shuffled-prompt CE-F1 of the decoder in ``decoder_dir`` on ``texts``."""
+def follow(decoder_dir, texts: list[str], name: str, max_new_tokens: int, prefix: torch.Tensor | None = None) -> None:
+    """Print own-prompt and shuffled-prompt CE-F1 of the decoder in ``decoder_dir`` on ``texts``; ``prefix`` (N, d):
+    embeddings placed before the prompt (stand-ins for FedMRG's visual tokens)."""
     tok = AutoTokenizer.from_pretrained(decoder_dir)
     lm = AutoModelForCausalLM.from_pretrained(decoder_dir).eval()
+    embed = lm.get_input_embeddings()
     labels = label_reports(texts)
     prompt = DiagnosisPrompt(tok)
     order = list(range(len(texts)))
@@ -41,10 +45,14 @@ def follow(decoder_dir, texts: list[str], name: str, max_new_tokens: int) -> Non
         hyp = []
         for i in tqdm(source, desc=f"{name}, {kind}"):
             ids = prompt.word_ids([int(csv_to_state(labels[i][o])) for o in OBSERVATIONS]) + [tok.bos_token_id]
-            with torch.no_grad():
-                out = lm.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-            hyp.append(tok.decode(out[0, len(ids) :], skip_special_tokens=True))
+            x = embed(torch.tensor(ids))
+            if prefix is not None:
+                x = torch.cat([prefix.to(x.dtype), x])
+            with torch.no_grad():  # from inputs_embeds, generate returns the new tokens only
+                out = lm.generate(inputs_embeds=x[None], attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)  # fmt: skip
+            hyp.append(tok.decode(out[0], skip_special_tokens=True))
         ref = [[row[o] for o in OBSERVATIONS] for row in labels]
         pred = [[row[o] for o in OBSERVATIONS] for row in label_reports(hyp)]
         ce = clinical_efficacy(pred, ref)
@@ -60,6 +68,9 @@ def main() -> None:
                     help="with --data: also a decoder warmed up on the data's training reports instead of the neutral "
                          "corpus (same recipe)")  # fmt: skip
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--random-prefix", type=int, default=0, metavar="N",
+                    help="also with N random vectors before the prompt (FedMRG's visual tokens stand in front of it), "
+                         "of norm 0.01 (an untrained projector) and 0.8 (trained visual tokens)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.warmup_on_train and not args.data:
@@ -72,7 +83,15 @@ def main() -> None:
         texts = [r.report for r in fd.test()][: args.n]
     else:
         texts = warmup_corpus(BuiltinRecipe())[1][: args.n]
-    follow(ensure_builtin_models().decoder_dir, texts, "neutral warm-up", args.max_new_tokens)
+    decoder_dir = ensure_builtin_models().decoder_dir
+    follow(decoder_dir, texts, "neutral warm-up", args.max_new_tokens)
+    if args.random_prefix:
+        d = AutoModelForCausalLM.from_pretrained(decoder_dir).config.hidden_size
+        gen = torch.Generator().manual_seed(0)
+        for norm in (0.01, 0.8):
+            prefix = torch.nn.functional.normalize(torch.randn(args.random_prefix, d, generator=gen), dim=-1) * norm
+            follow(decoder_dir, texts, f"neutral warm-up, {args.random_prefix} random vectors of norm {norm} first",
+                   args.max_new_tokens, prefix)  # fmt: skip
     if args.warmup_on_train:
         train = [r.report for s in fd.sites for r in fd.split(s, "train")]
         follow(ensure_builtin_models(corpus=train).decoder_dir, texts, "training-report warm-up", args.max_new_tokens)
