@@ -69,6 +69,15 @@ def test_every_row_runs_reports_and_resumes(tiny_fed, tmp_path, capsys):
     )
     assert {p: p.stat().st_mtime_ns for p in metrics} == stamps
 
+    # --rescore scores the saved models again without training: the same scores, the history kept
+    fedlora = out / "runs" / "cluster" / "fedlora" / "seed0" / "metrics.json"
+    before = json.loads(fedlora.read_text())
+    assert main([*argv, "--methods", "fedlora", "--rescore"]) == 0
+    after = json.loads(fedlora.read_text())
+    assert "rescored [1/1] cluster/fedlora/seed0" in capsys.readouterr().err
+    assert after["in_domain"] == before["in_domain"] and after["rounds"] == before["rounds"]
+    assert after["seconds"]["rescore"] > 0 and after["seconds"]["train"] == before["seconds"]["train"]
+
     # the same evaluation reads the exported model back: fedmrg evaluate --model on it gives the run's score
     fed = json.loads((out / "runs" / "cluster" / "fedlora" / "seed0" / "metrics.json").read_text())
     assert main(["evaluate", "--model", fed["models"]["site-1"], "--data", str(tiny_fed / "cluster"), "--site",
@@ -111,3 +120,18 @@ def test_options_are_checked(tiny_fed, tmp_path):
     assert main([*base, "--local-steps", "0"]) != 0
     with pytest.raises(ConfigError, match="no benchmark partition here"):
         runner.plan(tmp_path, tmp_path / "o", ["cluster"], ["fedlora"], [0])
+
+
+def test_evaluation_draws_its_studies_at_random_and_the_same_for_every_row():
+    drawn = runner.sample_indices(100, 10)
+    assert drawn == runner.sample_indices(100, 10) and drawn == sorted(drawn) and len(set(drawn)) == 10
+    assert drawn != list(range(10)) and max(drawn) >= 50  # not the first ten (the sets are ordered by site)
+    assert runner.sample_indices(5, 10) == runner.sample_indices(5, 0) == list(range(5))
+
+
+def test_in_domain_studies_name_their_site(tiny_fed):
+    from fedmrg.report.data_loading import open_split
+
+    test = open_split(tiny_fed / "cluster", site=None, split="test", image_size=32)
+    sites = runner._study_sites(test)
+    assert len(sites) == len(test) and set(sites) <= {"site-1", "site-2"} and len(set(sites)) == 2

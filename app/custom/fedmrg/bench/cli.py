@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--no-comm", action="store_true", help="report without the Comm. column at 7B (see `report`)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished runs' saved models again (after a change to the evaluation) instead of "
+                        "skipping them; --eval-studies changes how many studies (default: each run's own)")  # fmt: skip
     p.set_defaults(func=run_bench)
 
     p = sub.add_parser("report", help="the Markdown table and PNG plots of a benchmark folder",
@@ -107,7 +110,8 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--orchestrator simulator runs federated rows only; remove {wrong} from --methods")
     out = args.out.resolve()
     specs = runner.plan(args.data.resolve(), out, partitions, methods, profile.seeds)
-    runner.run_all(specs, profile, orchestrator=args.orchestrator, threads=args.threads)
+    runner.run_all(specs, profile, orchestrator=args.orchestrator, threads=args.threads,
+                   rescore_finished=args.rescore, eval_studies=args.eval_studies)  # fmt: skip
     if not args.no_report:
         from fedmrg.bench import report
 

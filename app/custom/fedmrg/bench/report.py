@@ -188,9 +188,9 @@ def write_report(out: Path, *, comm: bool = True) -> Path:
         f"seeds {', '.join(map(str, prof['seeds']))}, {prof['eval_studies'] or 'all'} studies scored per evaluation "
         f"set, config {prof['config']}; orchestrator {any_run['orchestrator']}.",
         "",
-        "Metrics x 100, mean ± std over seeds. In-domain: the in-domain test studies dealt round-robin to the "
-        "training sites, each scored with that site's model (personalized where the method has a specialized "
-        "adapter). Unseen: the unseen site, generic adapter only. Text metrics: BLEU-1..4 (corpus), ROUGE-L, CIDEr "
+        "Metrics x 100, mean ± std over seeds. In-domain: the in-domain test studies (a seeded random draw, the same "
+        "for every row), each scored with the model of the site it was drawn from (personalized where the method has "
+        "a specialized adapter). Unseen: the unseen site, generic adapter only. Text metrics: BLEU-1..4 (corpus), ROUGE-L, CIDEr "
         "(IDF from the scored references) on lower-cased, R2Gen-cleaned text; CE: the project's rule-based labeler, "
         "14 observations, uncertain = negative, example-based P/R/F1. Comm. @7B: communicated parameters at "
         "Llama-2-7B + ResNet-101 (`fedmrg inspect-model --config llama2-7b.yaml --meta --decoder-shape llama-2-7b`); "

@@ -26,9 +26,10 @@ Orchestration (``--orchestrator``):
 ``centralized`` trains the FedMRG model on every site's training data pooled, with as many steps per round as all
 sites together; ``local-only`` trains one FedMRG model per site with no exchange. Both are FedMRG's model
 (``method: fedmrg``). Evaluation (the same function for every method and orchestrator, on the exported model): the
-in-domain test studies are dealt round-robin to the training sites and each is scored with that site's model
-(personalized: G mixed with the site's specialized adapter where the method has one; local-only: the site's own
-model); unseen-site studies with the generic adapter alone (local-only: dealt round-robin to the site models).
+in-domain test studies (a seeded random draw of ``eval_studies``, the same for every row) are each scored with the
+model of the site they were drawn from (personalized: G mixed with the site's specialized adapter where the method
+has one; local-only: the site's own model); unseen-site studies with the generic adapter alone (local-only: dealt
+round-robin to the site models).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -155,10 +157,24 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _subset(dataset: Any, n: int) -> Any:
-    from torch.utils.data import Subset
+#: seed of the studies scored when an evaluation set is cut to ``eval_studies`` (the same studies for every row)
+EVAL_SAMPLE_SEED = 0
 
-    return dataset if not n or n >= len(dataset) else Subset(dataset, range(n))
+
+def sample_indices(n_total: int, n: int) -> list[int]:
+    """``n`` of ``range(n_total)`` drawn with ``random.Random(EVAL_SAMPLE_SEED)``, sorted (all when ``n`` is 0 or
+    larger). A random draw, not the first ``n``: an evaluation set is ordered by site, and the sites differ."""
+    if not n or n >= n_total:
+        return list(range(n_total))
+    return sorted(random.Random(EVAL_SAMPLE_SEED).sample(range(n_total), n))
+
+
+def _study_sites(dataset: Any) -> list[str | None]:
+    """Per item of ``dataset`` (a ReportDataset or a ConcatDataset of them), the site named in its record's
+    ``meta["site"]`` (None where absent)."""
+    from fedmrg.report.data_loading import site_datasets
+
+    return [r.meta.get("site") for part in site_datasets(dataset) for r in part.records]
 
 
 def evaluate_models(
@@ -170,7 +186,7 @@ def evaluate_models(
         models: training site -> a model folder ``fedmrg evaluate --model`` loads (the same path for every site
             when one folder holds every site's specialized adapter).
         data: the partition's dataset directory.
-        eval_studies: the first N studies of each evaluation set (0: all).
+        eval_studies: N studies of each evaluation set, a seeded random draw (:func:`sample_indices`; 0: all).
         unseen: unseen site names (their ``test`` split).
 
     Returns:
@@ -196,10 +212,16 @@ def evaluate_models(
         return cache[key]
 
     def score(dataset: Any, generic_only: bool) -> tuple[dict[str, float], dict[str, float]]:
-        dataset = _subset(dataset, eval_studies)
+        chosen = sample_indices(len(dataset), eval_studies)
+        # an in-domain study goes to the model of the site it was drawn from (its hospital's model); a study of no
+        # training site (the unseen sites) is dealt round-robin to the training sites' models
+        named = _study_sites(dataset)
+        by_site: dict[str, list[int]] = {site: [] for site in sites}
+        for k, i in enumerate(chosen):
+            site = named[i] if len(named) == len(dataset) and named[i] in by_site else sites[k % len(sites)]
+            by_site[site].append(i)
         rows: list[dict[str, Any]] = []
-        for i, site in enumerate(sites):  # studies dealt round-robin to the training sites' models
-            idx = list(range(i, len(dataset), len(sites)))
+        for site, idx in by_site.items():
             if not idx:
                 continue
             loaded = model_for(site, generic_only)
@@ -427,8 +449,9 @@ def run_centralized(
     spec: RunSpec, profile: Profile, *, threads: int, on_round: Callable[[int], None]
 ) -> dict[str, Any]:
     """FedMRG's model on every site's training data pooled (``fedmrg train --centralized``), ``local_steps`` x sites
-    steps per round; validation on the first ``val_studies`` x sites pooled validation studies."""
+    steps per round; validation on ``val_studies`` x sites pooled validation studies (a seeded random draw)."""
     import torch
+    from torch.utils.data import Subset
 
     from fedmrg.data.dataset_dir import FederatedDataset
     from fedmrg.report.data_loading import open_split
@@ -451,8 +474,8 @@ def run_centralized(
     model = learner._build_model()
     train = open_split(fd, site=None, split="train", image_size=m.encoder.image_size,
                        views=m.uses_contrastive and t.augment, seed=t.seed, cache_images=t.cache_images)  # fmt: skip
-    val = _subset(open_split(fd, site=None, split="val", image_size=m.encoder.image_size),
-                  profile.val_studies * len(fd.sites))  # fmt: skip
+    pooled_val = open_split(fd, site=None, split="val", image_size=m.encoder.image_size)
+    val = Subset(pooled_val, sample_indices(len(pooled_val), profile.val_studies * len(fd.sites)))
     work = spec.out / "work" / "centralized"
     trainer = LocalTrainer(model, t, site="centralized", train_dataset=train, workspace=work, tb_dir=work / "tb",
                            progress=False)  # fmt: skip
@@ -620,6 +643,29 @@ def is_finished(directory: Path) -> bool:
     return (directory / "metrics.json").is_file()
 
 
+def rescore(directory: Path, *, eval_studies: int | None = None) -> dict[str, Any]:
+    """Score a finished run's saved models again with today's :func:`evaluate_models` and rewrite its
+    ``metrics.json`` (training, history and bytes kept). ``eval_studies``: None keeps the run's own."""
+    from fedmrg.data.dataset_dir import FederatedDataset
+
+    path = directory / "metrics.json"
+    metrics = json.loads(path.read_text())
+    profile = metrics["profile"]
+    if eval_studies is not None:
+        profile["eval_studies"] = eval_studies
+    t0 = time.monotonic()
+    fd = FederatedDataset.open(metrics["data"])
+    scores = evaluate_models({site: Path(p) for site, p in metrics["models"].items()}, Path(metrics["data"]),
+                             eval_studies=profile["eval_studies"], unseen=list(fd.unseen_sites),
+                             image_size=profile["image_size"])  # fmt: skip
+    metrics |= scores
+    metrics["seconds"]["rescore"] = time.monotonic() - t0
+    tmp = directory / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    tmp.rename(path)
+    return metrics
+
+
 def plan(data: Path, out: Path, partitions: Sequence[str], methods: Sequence[str],
          seeds: Sequence[int]) -> list[RunSpec]:  # fmt: skip
     """Every run, seeds innermost-last so that a partial benchmark has every method at the first seeds first."""
@@ -630,12 +676,25 @@ def plan(data: Path, out: Path, partitions: Sequence[str], methods: Sequence[str
     return [RunSpec(p, m, s, data / p, run_dir(out, p, m, s)) for s in seeds for p in partitions for m in methods]
 
 
-def run_all(specs: list[RunSpec], profile: Profile, *, orchestrator: str, threads: int) -> list[Path]:
-    """Run every unfinished spec with progress lines and an ETA (from the mean time of the runs done here)."""
+def run_all(specs: list[RunSpec], profile: Profile, *, orchestrator: str, threads: int,
+            rescore_finished: bool = False, eval_studies: int | None = None) -> list[Path]:  # fmt: skip
+    """Run every unfinished spec with progress lines and an ETA (from the mean time of the runs done here).
+
+    ``rescore_finished``: score each finished run's saved models again (:func:`rescore`, ``eval_studies`` None: the
+    run's own) instead of skipping it."""
     todo = [s for s in specs if not is_finished(s.out)]
-    skipped = len(specs) - len(todo)
-    if skipped:
-        _say(f"{skipped} of {len(specs)} run(s) already finished: skipped")
+    finished = [s for s in specs if is_finished(s.out)]
+    if finished and rescore_finished:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        for k, spec in enumerate(finished, 1):
+            m = rescore(spec.out, eval_studies=eval_studies)
+            _say(f"rescored [{k}/{len(finished)}] {spec.name} in {m['seconds']['rescore']:.0f} s: in-domain BLEU-4 "
+                 f"{m['in_domain']['BLEU_4']:.3f} CE-F1 {m['in_domain']['CE_F1']:.3f}")  # fmt: skip
+    elif finished:
+        _say(f"{len(finished)} of {len(specs)} run(s) already finished: skipped (--rescore scores them again)")
     t_start, done_rounds = time.monotonic(), 0
     total_rounds = len(todo) * (profile.rounds + 1)  # + 1: the evaluation counts as about one round
 
