@@ -146,6 +146,7 @@ def plot_frontier(methods: dict[str, list[dict[str, Any]]], path: Path, title: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, rows in methods.items():
@@ -160,9 +161,15 @@ def plot_frontier(methods: dict[str, list[dict[str, Any]]], path: Path, title: s
     m, _ = mean_std(base)
     if not math.isnan(m):
         ax.axhline(m, color="grey", ls=":", label="most frequent report")
-    ax.set_xscale("log")
-    ax.set_xlabel("measured bytes uploaded per round, all sites (MB, log)")
+    xs = [statistics.fmean(r["bytes_per_round"]["up"] for r in rows) for rows in methods.values() if rows]
+    wide = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 10  # log scale only where the bytes span a decade
+    if wide:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("measured bytes uploaded per round, all sites (MB" + (", log)" if wide else ")"))
     ax.set_ylabel("in-domain CE-F1 (mean ± std over seeds)")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()
