@@ -135,3 +135,16 @@ def test_in_domain_studies_name_their_site(tiny_fed):
     test = open_split(tiny_fed / "cluster", site=None, split="test", image_size=32)
     sites = runner._study_sites(test)
     assert len(sites) == len(test) and set(sites) <= {"site-1", "site-2"} and len(set(sites)) == 2
+
+
+def test_a_corrupt_metrics_file_is_named_with_the_remedy(tmp_path):
+    from fedmrg.bench import report
+    from fedmrg.errors import FedMRGError
+
+    path = tmp_path / "runs" / "cluster" / "fedlora" / "seed0" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"partition": ')  # a run killed while its file was written by hand
+    with pytest.raises(FedMRGError, match=r"metrics.json: unreadable run metrics .*delete that file"):
+        report.load_runs(tmp_path)
+    with pytest.raises(FedMRGError, match="unreadable run metrics"):
+        runner.rescore(path.parent)

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fedmrg.bench.runner import ABLATIONS, BENCH_METHODS, METRIC_KEYS, PARTITIONS
+from fedmrg.bench.runner import ABLATIONS, BENCH_METHODS, METRIC_KEYS, PARTITIONS, read_metrics
 
 LABELS = {"BLEU_1": "B-1", "BLEU_2": "B-2", "BLEU_3": "B-3", "BLEU_4": "B-4", "ROUGE_L": "R-L", "CIDEr": "CIDEr",
           "CE_P": "CE-P", "CE_R": "CE-R", "CE_F1": "CE-F1"}  # fmt: skip
@@ -25,7 +25,7 @@ def load_runs(out: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """partition -> method -> finished runs' metrics (sorted by seed)."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for path in sorted((out / "runs").glob("*/*/seed*/metrics.json")):
-        m = json.loads(path.read_text())
+        m = read_metrics(path)
         runs.setdefault(m["partition"], {}).setdefault(m["method"], []).append(m)
     for methods in runs.values():
         for rows in methods.values():

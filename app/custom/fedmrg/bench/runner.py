@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmrg.errors import ConfigError
+from fedmrg.errors import ConfigError, FedMRGError
 
 PARTITIONS: tuple[str, ...] = ("cluster", "stratified")
 ABLATIONS: tuple[str, ...] = ("no_contrastive", "no_specialized", "no_prompts", "no_kd_s2g", "no_kd_g2s")
@@ -108,7 +108,7 @@ PROFILES: dict[str, Profile] = {
     # (building the 5 sites' learners, about 25 s, dominates a run); its numbers show the pipeline, not the methods
     "quick": Profile(rounds=2, local_steps=1, seeds=(0,), image_size=64, eval_studies=16, val_studies=2,
                      overrides=_COMMON),  # fmt: skip
-    # about 2 h on the 2-core machine
+    # the paper-style comparison: minutes per run on 2 cores, all 90 runs take many hours (docs/results/benchmark.md)
     "full": Profile(rounds=8, local_steps=12, seeds=(0, 1, 2), image_size=96, eval_studies=160, val_studies=8,
                     overrides=_COMMON),  # fmt: skip
     # the tests' profile: tiny built-in models, seconds per run
@@ -216,10 +216,11 @@ def evaluate_models(
         # an in-domain study goes to the model of the site it was drawn from (its hospital's model); a study of no
         # training site (the unseen sites) is dealt round-robin to the training sites' models
         named = _study_sites(dataset)
+        if len(named) != len(dataset):  # not ReportDatasets: no site is known
+            named = [None] * len(dataset)
         by_site: dict[str, list[int]] = {site: [] for site in sites}
         for k, i in enumerate(chosen):
-            site = named[i] if len(named) == len(dataset) and named[i] in by_site else sites[k % len(sites)]
-            by_site[site].append(i)
+            by_site[named[i] if named[i] in by_site else sites[k % len(sites)]].append(i)
         rows: list[dict[str, Any]] = []
         for site, idx in by_site.items():
             if not idx:
@@ -643,13 +644,23 @@ def is_finished(directory: Path) -> bool:
     return (directory / "metrics.json").is_file()
 
 
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A run's ``metrics.json``; FedMRGError naming the file and the remedy when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FedMRGError(
+            f"{path}: unreadable run metrics ({e}); delete that file to train the run again, or the whole run folder"
+        ) from None
+
+
 def rescore(directory: Path, *, eval_studies: int | None = None) -> dict[str, Any]:
     """Score a finished run's saved models again with today's :func:`evaluate_models` and rewrite its
     ``metrics.json`` (training, history and bytes kept). ``eval_studies``: None keeps the run's own."""
     from fedmrg.data.dataset_dir import FederatedDataset
 
     path = directory / "metrics.json"
-    metrics = json.loads(path.read_text())
+    metrics = read_metrics(path)
     profile = metrics["profile"]
     if eval_studies is not None:
         profile["eval_studies"] = eval_studies

@@ -151,6 +151,12 @@ class LocalTrainer:
                 amp_dtype=self.amp_dtype,
             )
         self._set_logit_adjustment()
+        #: per-study sampling weights under ``training.balance_findings`` (None: a plain reshuffled pass)
+        self.sample_weights = (
+            finding_balance_weights(self._training_states("training.balance_findings"), config.balance_findings)
+            if config.balance_findings > 0
+            else None
+        )
 
     def _set_logit_adjustment(self) -> None:
         """PromptMRG's logit adjustment of the diagnosis loss from this site's training states (``losses.
@@ -166,14 +172,19 @@ class LocalTrainer:
                 stacklevel=3,
             )
             return
-        parts = site_datasets(self.dataset)
-        if not parts:
-            raise FedMRGError(
-                f"site {self.site!r}: `losses.logit_adjustment` needs the training states; the dataset "
-                f"{type(self.dataset).__name__} is not a ReportDataset (set `losses.logit_adjustment: 0`)"
-            )
-        states = torch.tensor([s for part in parts for s in part.states], dtype=torch.long)
+        states = torch.tensor(self._training_states("losses.logit_adjustment"), dtype=torch.long)
         head.set_logit_adjustment(states.to(head.loss_bias.device), tau)
+
+    def _training_states(self, key: str) -> list[list[int]]:
+        """The 14 states of every training study, in dataset order; FedMRGError naming ``key`` (the setting that
+        needs them) when the dataset is not made of ReportDatasets."""
+        parts = site_datasets(self.dataset)
+        if not parts or sum(len(p) for p in parts) != len(self.dataset):  # type: ignore[arg-type]
+            raise FedMRGError(
+                f"site {self.site!r}: `{key}` needs every training study's states; the dataset "
+                f"{type(self.dataset).__name__} is not made of ReportDatasets (set `{key}: 0`)"
+            )
+        return [s for part in parts for s in part.states]
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -239,19 +250,6 @@ class LocalTrainer:
             raise ValueError("`bank_negatives` holds non-finite values")
         return bank.float() if bank.shape[0] else None
 
-    def _balance_weights(self) -> torch.Tensor | None:
-        """Per-study sampling weights under ``training.balance_findings`` (None: a plain reshuffled pass)."""
-        power = self.config.balance_findings
-        if power == 0:
-            return None
-        parts = site_datasets(self.dataset)
-        if sum(len(p) for p in parts) != len(self.dataset):  # type: ignore[arg-type]
-            raise FedMRGError(
-                f"site {self.site!r}: `training.balance_findings` needs every study's states; the dataset "
-                f"{type(self.dataset).__name__} is not made of ReportDatasets (set `training.balance_findings: 0`)"
-            )
-        return finding_balance_weights([s for p in parts for s in p.states], power)
-
     def _batches(self, round_num: int) -> Iterator[dict[str, Any]]:
         """Endless micro-batches: a reshuffled pass per epoch, order and augmentation seeded by round and epoch."""
         cfg = self.config
@@ -262,7 +260,7 @@ class LocalTrainer:
             shuffle=True,
             seed=cfg.seed * 1_000_003 + round_num,
             num_workers=cfg.num_workers,
-            weights=self._balance_weights(),
+            weights=self.sample_weights,
         )
         epoch = 0
         while True:
