@@ -21,7 +21,8 @@ Orchestration (``--orchestrator``):
   (:func:`fedmrg.fl.wire_bytes_meter.serialized_size`, the job's meter). A round checkpoint makes an interrupted run
   resume at the next round.
 - ``simulator``: ``nvflare simulator`` on a variant of ``jobs/fedmrg`` (``fedmrg job variant``) with the same
-  learner arguments; bytes and validation come from the job's run summary; resumes only by rerunning the whole run.
+  learner arguments and float32 both ways on the wire (as in-process); bytes and validation come from the job's run
+  summary; resumes only by rerunning the whole run.
 
 ``centralized`` trains the FedMRG model on every site's training data pooled, with as many steps per round as all
 sites together; ``local-only`` trains one FedMRG model per site with no exchange. Both are FedMRG's model
@@ -565,6 +566,9 @@ def run_simulator(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
         f"learner.config={profile.config}",
         f"min_clients={len(sites)}",
         f"server.scatter_and_gather.evaluation_sites={json.dumps(unseen)}",
+        # float32 both ways, as the in-process loop: the two orchestrators then compute the same model
+        "wire.up=float32",
+        "wire.down=float32",
     ]
     sim = spec.out / "simulator"
     shutil.rmtree(sim, ignore_errors=True)
@@ -589,9 +593,14 @@ def run_simulator(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
         history.append({"round": row["round"], "val": row.get("val") or {}, "bytes_down": row.get("bytes_down", 0),
                         "bytes_up": row.get("bytes_up", 0), "param_bytes": 0, "seconds": row.get("seconds")})  # fmt: skip
         on_round(row["round"])
+    from fedmrg.inference.sources import open_source
     from fedmrg.report.export import export_model
 
-    models = {site: export_model(ws, site=site, out=spec.out / "model" / site, overwrite=True) for site in sites}
+    # a method with a specialized adapter (FedMRG and its ablations) exports each site's, and a site without one is
+    # an error (export_model names it); methods without one (Fed-LoRA, FedAvg, ...) export the global model alone
+    personal = bool(open_source(ws).sites)
+    models = {site: export_model(ws, site=site if personal else None, out=spec.out / "model" / site, overwrite=True)
+              for site in sites}  # fmt: skip
     return {"history": history, "models": models}
 
 
