@@ -134,6 +134,11 @@ def main() -> None:
         "other codecs run with the first (default 0)",
     )
     ap.add_argument(
+        "--every-seed",
+        action="store_true",
+        help="every codec runs every seed (paired by seed, run seed by seed), not only the float32 runs",
+    )
+    ap.add_argument(
         "--no-seed-key",
         dest="seed_key",
         action="store_false",
@@ -156,8 +161,11 @@ def main() -> None:
     print("\n".join(offline_table(fedmrg_shared_state(args.config, args.image_size))))
     if not args.simulate:
         return
-    runs = [(c, seeds[0]) for c in codecs if c != "float32"]
-    runs = [("float32", seed) for seed in seeds] * ("float32" in codecs) + runs
+    if args.every_seed:
+        runs = [(c, seed) for seed in seeds for c in codecs]
+    else:
+        runs = [(c, seeds[0]) for c in codecs if c != "float32"]
+        runs = [("float32", seed) for seed in seeds] * ("float32" in codecs) + runs
     keys = ("bleu4", "ce_f1", "personalized_bleu4", "personalized_ce_f1")
     with tempfile.TemporaryDirectory(prefix="bench_wire_") as tmp:
         rows = []

@@ -41,6 +41,7 @@ from fedmrg.fl.shared_state_executor import SharedStateExecutor
 from fedmrg.fl.shared_state_model_locator import SharedStateModelLocator
 from fedmrg.fl.shared_state_persistor import SharedStatePersistor
 from fedmrg.fl.wire_bytes_meter import WireBytesMeter
+from fedmrg.fl.wire_codec import WireDecodeFilter, WireEncodeFilter
 from fedmrg.job import write_byoc_note
 from fedmrg.privacy.site_dp_filter import SiteDPFilter
 
@@ -64,6 +65,11 @@ SYNTHETIC: dict[str, Any] = {
     "num_studies": 600, "sites": 3, "unseen_sites": 1, "image_size": 128, "seed": 0, "val_fraction": 0.2,
 }  # fmt: skip
 TASKS = ["train", "validate", "submit_model"]
+#: the codecs of the sites' uploaded deltas and of the global model sent down (``fedmrg.fl.wire_codec``): 8-bit deltas
+#: with a scale per row, 0.27 x the float32 bytes up, and a bfloat16 model, 0.52 x down; the demo ends where float32
+#: ends (docs/results/wire-and-scale.md). ``fedmrg job variant --set secure_aggregation=true`` sets both to float32
+#: (masked values cannot be encoded), ``--set wire.up=float32 --set wire.down=float32`` does so by hand.
+WIRE_UP, WIRE_DOWN = "int8-row", "bfloat16"
 
 
 def _explicit(obj: Any, *names: str) -> Any:
@@ -106,9 +112,12 @@ def build_job(*, code_free: bool = False, byoc_dir: Path | None = None) -> FedJo
     job.to_server(
         _explicit(relay, "extra_keys", "max_items_per_site"), filter_type=FilterType.TASK_DATA, tasks=["train"]
     )
-    job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_DATA, tasks=["train"])
-    job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_DATA, tasks=["validate", "submit_model"])
+    # the model sent down is encoded right before it is metered; results are decoded right after they are metered
+    for tasks in (["train"], ["validate", "submit_model"]):
+        job.to_server(_explicit(WireEncodeFilter(codec=WIRE_DOWN), "codec"), filter_type=FilterType.TASK_DATA, tasks=tasks)
+        job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_DATA, tasks=tasks)
     job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+    job.to_server(WireDecodeFilter(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
 
     # every client
     executor = SharedStateExecutor(
@@ -125,6 +134,11 @@ def build_job(*, code_free: bool = False, byoc_dir: Path | None = None) -> FedJo
     job.to_clients(
         _explicit(site_dp, *site_dp_args), filter_type=FilterType.TASK_RESULT, tasks=["train", "submit_model"]
     )
+    # encoded last, after clipping and noise on float32; decoded first
+    job.to_clients(
+        _explicit(WireEncodeFilter(codec=WIRE_UP), "codec"), filter_type=FilterType.TASK_RESULT, tasks=["train", "submit_model"]
+    )
+    job.to_clients(WireDecodeFilter(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
 
     if not code_free:
         if byoc_dir is None:

@@ -56,6 +56,10 @@ def test_fedmrg_job_two_sites_two_rounds(tmp_path, monkeypatch):
         f"learner.synthetic={json.dumps(SYNTHETIC)}",
         "learner.local_steps=2",
         "learner.validate_max_studies=2",
+        # the recorder replaces the client's filters (codec ones included): float32 both ways, so what it records is
+        # what the learner sent (the codecs through the simulator: tests/fl/test_wire_codec_simulator.py)
+        "wire.up=float32",
+        "wire.down=float32",
     ]
     job = write_variant(Path(REPO_ROOT) / "jobs" / "fedmrg", tmp_path / "fedmrg-test", sets)
     _add_recorder_drop_cross_site(job, tmp_path / "wire")

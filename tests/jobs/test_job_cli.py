@@ -231,12 +231,28 @@ def test_variant_refuses_an_encoded_upload_with_secure_aggregation(tmp_path):
     for sets in (["secure_aggregation=true", "wire.up=bfloat16"], ["wire.up=int8-row", "secure_aggregation=true"]):
         with pytest.raises(ConfigError, match=r"wire.up.*secure aggregation.*masked.*only sum"):
             write_variant(JOB, tmp_path / "v", sets)
-    # the protocol's own tasks share the model's filter chains: a 16-bit model sent down is refused too, and so is
-    # switching an encoded job to secure aggregation (never a codec silently dropped)
+    # the protocol's own tasks share the model's filter chains: a 16-bit model sent down is refused too
     with pytest.raises(ConfigError, match=r"wire.down.*'bfloat16'.*secure aggregation"):
         write_variant(JOB, tmp_path / "d", ["secure_aggregation=true", "wire.down=bfloat16"])
-    v = write_variant(JOB, tmp_path / "v", ["wire.up=bfloat16", "wire.down=bfloat16"])
-    with pytest.raises(ConfigError, match=r"wire.up=float32 --set wire.down=float32"):
-        write_variant(v, tmp_path / "s", ["secure_aggregation=true"])
-    s = write_variant(v, tmp_path / "s2", ["secure_aggregation=true", "wire.up=float32", "wire.down=float32"])
+    # float32 named beside it is what secure aggregation sets anyway
+    s = write_variant(JOB, tmp_path / "s2", ["secure_aggregation=true", "wire.up=float32"])
     assert _wire(s) == []
+    # and a job with secure aggregation on refuses a codec later
+    with pytest.raises(ConfigError, match=r"wire.up=float32 --set wire.down=float32"):
+        write_variant(s, tmp_path / "s3", ["wire.down=bfloat16"])
+
+
+def test_the_job_sends_8_bit_deltas_up_and_a_16_bit_model_down_unless_secure_aggregation_is_on(tmp_path, capsys):
+    assert ("client", "task_result_filters", ("submit_model", "train"), ENCODE, "int8-row") in _wire(JOB)
+    assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in _wire(JOB)
+    # the client encodes after the DP filter (clip and noise act on float32 values)
+    (chain,) = [c for c in _cfg(JOB, "client")["task_result_filters"] if "train" in c["tasks"]]
+    assert [f["path"].rsplit(".", 1)[-1] for f in chain["filters"]] == ["SiteDPFilter", "WireEncodeFilter"]
+    # secure aggregation puts both directions back to float32 (masked values cannot be encoded) and says so
+    assert main(["job", "variant", str(JOB), "--out", str(tmp_path / "s"), "--set", "secure_aggregation=true"]) == 0
+    assert _wire(tmp_path / "s") == []
+    assert "SecureAggregationMaskFilter" in json.dumps(_cfg(tmp_path / "s", "client"))
+    assert "on the wire: results up float32, model down float32" in capsys.readouterr().out
+    # a variant with codecs of its own is put back the same way
+    v = write_variant(JOB, tmp_path / "v", ["wire.up=bfloat16"])
+    assert _wire(write_variant(v, tmp_path / "v-sa", ["secure_aggregation=true"])) == []

@@ -34,8 +34,9 @@ Keys of ``--set`` (values are JSON, else strings; the order of the options never
   (:mod:`fedmrg.privacy.secure_aggregation.job_variant`; memory-bank features are switched off with it).
 - ``wire.up`` / ``wire.down``: the codec of the sites' uploaded deltas (``float32``, ``bfloat16``, ``float16``,
   ``int8-tensor``, ``int8-row``) and of the global model sent down (16-bit or ``float32``)
-  (:func:`fedmrg.fl.wire_codec.set_wire_codec`); with secure aggregation both stay ``float32`` (masked values cannot
-  be encoded, and the protocol's tasks share the model's filter chains): any other codec is refused.
+  (:func:`fedmrg.fl.wire_codec.set_wire_codec`; the job's own: ``int8-row`` up, ``bfloat16`` down).
+  ``secure_aggregation=true`` sets both to ``float32`` (masked values cannot be encoded, and the protocol's tasks share
+  the model's filter chains); a codec other than ``float32`` named beside it is refused.
 
 Every argument name is checked against its class's ``__init__`` and its annotated type, so a misspelt key is refused
 when the variant is written, naming the key and the allowed ones.
@@ -279,6 +280,8 @@ class JobOverrides:
         for dotted, value in _shallow_first(self.learner):
             _set(typed, dotted, value, f"--set learner.{dotted}")
         sync_schedule(server, client, explicit=_get(typed, "overrides.training.rounds") is not None)
+        from fedmrg.fl.wire_codec import set_wire_codec
+
         if self.secure_aggregation is not None:
             options = dict(self.secure_aggregation)
             on = options.pop("on", True)
@@ -287,12 +290,13 @@ class JobOverrides:
             if on:
                 from fedmrg.privacy.secure_aggregation.job_variant import apply_secure_aggregation
 
+                # masked values cannot be encoded: the job's own codecs go back to float32 first; a codec the user
+                # names is refused (set_wire_codec, once the mask filter is in)
+                set_wire_codec(server, client, up="float32", down="float32")
                 apply_secure_aggregation(server, client, options)
             elif options:
                 raise ConfigError("--set secure_aggregation.<option> given with secure_aggregation=false")
-        if self.wire or self.secure_aggregation is not None:
-            from fedmrg.fl.wire_codec import set_wire_codec
-
+        if self.wire:
             try:
                 set_wire_codec(server, client, up=self.wire.get("up"), down=self.wire.get("down"))
             except ConfigError as e:
@@ -582,7 +586,10 @@ def _variant_cmd(args: argparse.Namespace) -> int:
         if args.code_free
         else ("carries app/custom/: FLARE skips the class allow-list")
     )
-    print(f"wrote {out} ({how})")
+    from fedmrg.fl.wire_codec import job_wire_codecs
+
+    up, down = job_wire_codecs(_read(out / SERVER_CONFIG), _read(out / CLIENT_CONFIG))
+    print(f"wrote {out} ({how}); on the wire: results up {up}, model down {down}")
     return 0
 
 

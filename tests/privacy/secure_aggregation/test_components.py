@@ -12,7 +12,9 @@ import pytest
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.fl_context import FLContext
 
+from fedmrg.errors import ConfigError
 from fedmrg.fl.constants import FedMetaKey
+from fedmrg.job import write_variant
 from fedmrg.paths import REPO_ROOT
 from fedmrg.privacy.secure_aggregation import job_variant
 from fedmrg.privacy.secure_aggregation.constants import SecAggTask, SecureAggregationError
@@ -36,6 +38,13 @@ def test_aggregator_refuses_a_round_that_was_not_unmasked():
 def test_job_variant_wires_secure_aggregation(tmp_path, job_name):
     job = tmp_path / job_name
     shutil.copytree(Path(REPO_ROOT) / "jobs" / job_name, job)
+    if job_name == "fedmrg":
+        # the job encodes its wire (8-bit up, 16-bit down): masking it in place is refused, the variant decodes it
+        with pytest.raises(ConfigError, match=r"encodes what crosses the wire \(results up int8-row, model down "
+                           r"bfloat16\).*--set secure_aggregation=true"):
+            job_variant.enable_in_job(job, {"clip_norm": 2.0})
+        shutil.rmtree(job)
+        write_variant(Path(REPO_ROOT) / "jobs" / job_name, job, ["wire.up=float32", "wire.down=float32"])
     job_variant.enable_in_job(job, {"clip_norm": 2.0})
     server = json.loads((job / "app/config/config_fed_server.json").read_text())
     client = json.loads((job / "app/config/config_fed_client.json").read_text())

@@ -13,6 +13,9 @@ edits ``JOB_DIR`` in place (make a copy first with ``fedmrg job variant``):
   :class:`~.mask_filter.SecureAggregationMaskFilter` last on ``train``;
 - learner: extras switched off where the learner is known (FedMRG ``overrides.memory_bank.upload_per_round = 0``,
   toy ``bank_size = 0``); for other learners the mask filter refuses any result that carries extras.
+
+A job that encodes its wire (:mod:`fedmrg.fl.wire_codec`, jobs/fedmrg does by default) is refused here: ``fedmrg job
+variant JOB --out DIR --set secure_aggregation=true`` sets the wire to float32 and switches secure aggregation on.
 """
 
 from __future__ import annotations
@@ -55,9 +58,18 @@ def apply_secure_aggregation(server: dict, client: dict, options: dict | None = 
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown secure-aggregation options {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    from fedmrg.fl.wire_codec import job_wire_codecs
+
     workflow = server["workflows"][0]
     if workflow.get("path") == WORKFLOW:
         raise ConfigError("secure aggregation is already on in this job")
+    up, down = job_wire_codecs(server, client)
+    if (up, down) != ("float32", "float32"):
+        raise ConfigError(
+            f"this job encodes what crosses the wire (results up {up}, model down {down}); masked values cannot be "
+            "encoded: use `fedmrg job variant JOB --out DIR --set secure_aggregation=true` (it sets both to float32) "
+            "or first --set wire.up=float32 --set wire.down=float32"
+        )
     workflow["path"] = WORKFLOW
     workflow.setdefault("args", {}).update(opts)
     agg_id = workflow["args"].get("aggregator_id", "aggregator")
