@@ -10,9 +10,10 @@ import torch
 from transformers import ResNetModel
 
 from fedmrg.errors import ConfigError
-from fedmrg.report.builtin_encoder import MANIFEST, SSLRecipe, ensure_ssl_encoder, nt_xent, random_views, render_pool
+from fedmrg.report.builtin_encoder import MANIFEST, SSLRecipe, ensure_ssl_encoder, random_views, render_pool
 from fedmrg.report.builtin_lm import make_resnet_encoder
 from fedmrg.report.run_config import resolve_builtin_paths
+from fedmrg.training.contrastive import nt_xent
 
 
 def test_nt_xent_rewards_matching_views():

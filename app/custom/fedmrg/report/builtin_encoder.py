@@ -10,7 +10,8 @@ head nothing to read in a short federated run. This module pretrains the built-i
   used as targets (only to vary what is drawn);
 - objective: SimCLR's NT-Xent (Chen et al. 2020) between two random views of each image (random resized crop,
   small rotation, brightness / contrast / gamma jitter, Gaussian noise, all batched in torch), through a two-layer
-  projection head that is discarded afterwards;
+  projection head that is discarded afterwards; the loop is the one the vision system's built-in backbone uses
+  (:mod:`fedmrg.training.contrastive`);
 - output: a Hugging Face ``ResNetModel`` folder, cached under ``<cache>/builtin-ssl/<hash>/`` (hash of the recipe
   and of the base encoder's weights) with a ``manifest.json`` written last; ``encoder.path: builtin-ssl`` in a run
   configuration resolves to it (:mod:`fedmrg.report.run_config`).
@@ -38,6 +39,8 @@ from fedmrg.errors import FedMRGError
 #: Seeds of pretraining renders start here (prepared synthetic data sets use small study seeds).
 PRETRAIN_SEED_OFFSET = 7_000_000
 MANIFEST = "manifest.json"
+#: part of the cache key: raised whenever the pretraining code changes the weights it builds for the same recipe
+BUILD_VERSION = 2
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -121,45 +124,28 @@ def random_views(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -
     return (v - m) / sd
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss for two (B, D) batches of projections, row i of each the same image."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / temperature
-    sim.fill_diagonal_(float("-inf"))
-    b = z1.shape[0]
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
-    return F.cross_entropy(sim, target)
-
-
 def pretrain_encoder(encoder: nn.Module, images: torch.Tensor, recipe: SSLRecipe, *, progress: bool = False) -> dict:
-    """SimCLR-train ``encoder`` (a HF ``ResNetModel``) in place on ``images`` (N, 1, S, S); returns statistics."""
+    """SimCLR-train ``encoder`` (a HF ``ResNetModel``) in place on ``images`` (N, 1, S, S) with the shared loop
+    (:func:`fedmrg.training.contrastive.pretrain_contrastive`, its pooled output through a projection head, 5 %
+    warm-up); returns statistics."""
+    from fedmrg.training.contrastive import ContrastiveSchedule, pretrain_contrastive
+
     width = int(encoder.config.hidden_sizes[-1])
     head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, recipe.proj_dim))
-    params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    warm = max(1, recipe.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (recipe.steps - warm))),
-    )
-    gen = torch.Generator().manual_seed(recipe.seed)
+    schedule = ContrastiveSchedule(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                                   warmup_steps=recipe.steps // 20, weight_decay=recipe.weight_decay,
+                                   temperature=recipe.temperature)  # fmt: skip
+
+    def on_log(step: int, loss: float, seconds: float) -> None:
+        print(f"[fedmrg builtin-ssl] step {step}/{recipe.steps}: NT-Xent {loss:.3f}", file=sys.stderr, flush=True)
+
     encoder.train()
-    losses, t0 = [], time.perf_counter()
-    for step in range(recipe.steps):
-        idx = torch.randint(len(images), (recipe.batch_size,), generator=gen)
-        x = images[idx]
-        v1, v2 = random_views(x, gen, recipe.augment_strength), random_views(x, gen, recipe.augment_strength)
-        pooled = encoder(pixel_values=torch.cat([v1, v2])).pooler_output.flatten(1)
-        z = head(pooled)
-        loss = nt_xent(z[: recipe.batch_size], z[recipe.batch_size :], recipe.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress and (step + 1) % max(1, recipe.steps // 10) == 0:
-            print(f"[fedmrg builtin-ssl] step {step + 1}/{recipe.steps}: NT-Xent {np.mean(losses[-20:]):.3f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    losses = pretrain_contrastive(
+        lambda v: encoder(pixel_values=v).pooler_output.flatten(1), [encoder], head, images,
+        lambda x, g: random_views(x, g, recipe.augment_strength), schedule, torch.Generator().manual_seed(recipe.seed),
+        log_every=max(1, recipe.steps // 10) if progress else 0, on_log=on_log,
+    )  # fmt: skip
     encoder.eval()
     return {
         "first_loss": losses[0],
@@ -195,7 +181,8 @@ def ensure_ssl_encoder(
     base_dir = Path(base_encoder_dir)
     if not (base_dir / "model.safetensors").is_file():
         raise FedMRGError(f"{base_dir}: no model.safetensors; expected the built-in encoder folder")
-    spec = json.dumps({"recipe": asdict(recipe), "base": _weights_digest(base_dir)}, sort_keys=True)
+    spec = json.dumps({"recipe": asdict(recipe), "base": _weights_digest(base_dir), "build": BUILD_VERSION},
+                      sort_keys=True)
     key = hashlib.sha256(spec.encode()).hexdigest()[:16]
     root = (Path(cache_root) if cache_root is not None else cache_dir()) / "builtin-ssl"
     final = root / key
