@@ -1,4 +1,4 @@
-"""Build the built-in vision backbone of ``fedmrg.vision`` (MAE-pretrained small ViT) and its model card.
+"""Build the built-in vision backbone of ``fedmrg.vision`` (SimCLR-pretrained small ViT) and its model card.
 
     python scripts/build_vision_backbone.py [--data-root ../shared/data] [--out DIR] [--probe]
 
@@ -22,7 +22,6 @@ import torch
 from fedmrg.vision.builtin import (
     BUILTIN_DIR,
     RECIPE,
-    mae_to_vit,
     pretrain,
     pretraining_images,
     render_model_card,
@@ -48,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         images, sources = pretraining_images(data_root, RECIPE)
         print(f"pretraining pool: {len(images)} images", flush=True)
-        mae, log = pretrain(images, RECIPE)
-        vit = mae_to_vit(mae)
+        vit, log = pretrain(images, RECIPE)
         info = {"recipe": RECIPE, "sources": sources, "loss_log": log, "build_seconds": round(time.time() - t0, 1),
                 "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                              "numpy": np.__version__}}
