@@ -18,8 +18,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "app" / "custom" / "fedmrg"
 #: why. Every other loop with a backward pass outside ``fedmrg.training`` fails the test.
 OTHER_TRAINING_LOOPS = {
     "fedmrg.report.builtin_lm": "centralised warm-up of the built-in decoder on a text corpus, before any federation",
-    "fedmrg.report.builtin_encoder": "centralised SimCLR pre-training of the built-in encoder, before any federation",
-    "fedmrg.vision.builtin": "centralised MAE pre-training of the built-in ViT backbone, before any federation",
     "fedmrg.fl.toy_learner": "the toy linear learner of the FL plumbing tests, not a system of the project",
     "fedmrg.data.synthetic.signal_check": "a probe classifier that checks the synthetic images carry their labels",
 }
