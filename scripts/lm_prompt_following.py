@@ -11,6 +11,8 @@ much of the score comes from the prompt. Prints both; CE-F1 is example-based (Pr
                                                                            # training reports (built and cached)
     python scripts/lm_prompt_following.py --data DIR --random-prefix 16    # also with 16 random vectors before the
                                                                            # prompt, where FedMRG's visual tokens go
+    python scripts/lm_prompt_following.py --data DIR --random-prefix 16 --prefix-position after
+                                                                           # the same vectors between prompt and BOS
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ from fedmrg.report.builtin_recipe import BuiltinRecipe
 from fedmrg.report.diagnosis_prompt import DiagnosisPrompt
 
 
-def follow(decoder_dir, texts: list[str], name: str, max_new_tokens: int, prefix: torch.Tensor | None = None) -> None:
+def follow(
+    decoder_dir,
+    texts: list[str],
+    name: str,
+    max_new_tokens: int,
+    prefix: torch.Tensor | None = None,
+    position: str = "before",
+) -> None:
     """Print own-prompt and shuffled-prompt CE-F1 of the decoder in ``decoder_dir`` on ``texts``; ``prefix`` (N, d):
-    embeddings placed before the prompt (stand-ins for FedMRG's visual tokens)."""
+    stand-ins for FedMRG's visual tokens, placed before the prompt (``position="before"``, FedMRG's layout) or
+    between the prompt and BOS (``"after"``)."""
     tok = AutoTokenizer.from_pretrained(decoder_dir)
     lm = AutoModelForCausalLM.from_pretrained(decoder_dir).eval()
     embed = lm.get_input_embeddings()
@@ -44,10 +54,12 @@ def follow(decoder_dir, texts: list[str], name: str, max_new_tokens: int, prefix
     for kind, source in (("own prompt", list(range(len(texts)))), ("shuffled prompt", order)):
         hyp = []
         for i in tqdm(source, desc=f"{name}, {kind}"):
-            ids = prompt.word_ids([int(csv_to_state(labels[i][o])) for o in OBSERVATIONS]) + [tok.bos_token_id]
-            x = embed(torch.tensor(ids))
+            words = embed(torch.tensor(prompt.word_ids([int(csv_to_state(labels[i][o])) for o in OBSERVATIONS])))
+            bos = embed(torch.tensor([tok.bos_token_id]))
+            parts = [words, bos]
             if prefix is not None:
-                x = torch.cat([prefix.to(x.dtype), x])
+                parts.insert(0 if position == "before" else 1, prefix.to(words.dtype))
+            x = torch.cat(parts)
             with torch.no_grad():  # from inputs_embeds, generate returns the new tokens only
                 out = lm.generate(inputs_embeds=x[None], attention_mask=torch.ones(1, len(x), dtype=torch.long),
                                   max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
@@ -71,6 +83,12 @@ def main() -> None:
     ap.add_argument("--random-prefix", type=int, default=0, metavar="N",
                     help="also with N random vectors before the prompt (FedMRG's visual tokens stand in front of it), "
                          "of norm 0.01 (an untrained projector) and 0.8 (trained visual tokens)")  # fmt: skip
+    ap.add_argument(
+        "--prefix-position",
+        choices=("before", "after"),
+        default="before",
+        help="where the random vectors go: before the prompt (FedMRG's layout) or between prompt and BOS",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.warmup_on_train and not args.data:
@@ -90,8 +108,9 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         for norm in (0.01, 0.8):
             prefix = torch.nn.functional.normalize(torch.randn(args.random_prefix, d, generator=gen), dim=-1) * norm
-            follow(decoder_dir, texts, f"neutral warm-up, {args.random_prefix} random vectors of norm {norm} first",
-                   args.max_new_tokens, prefix)  # fmt: skip
+            follow(decoder_dir, texts,
+                   f"neutral warm-up, {args.random_prefix} random vectors of norm {norm} {args.prefix_position} the prompt",
+                   args.max_new_tokens, prefix, args.prefix_position)  # fmt: skip
     if args.warmup_on_train:
         train = [r.report for s in fd.sites for r in fd.split(s, "train")]
         follow(ensure_builtin_models(corpus=train).decoder_dir, texts, "training-report warm-up", args.max_new_tokens)

@@ -33,6 +33,30 @@ def test_layout_masks_prompt_and_padding_out_of_labels():
     assert positions[1].nonzero().flatten().tolist() == [n + 3, n + 4]
 
 
+def test_visual_tokens_after_the_prompt_sit_between_prompt_and_bos():
+    b, n, d = 2, 3, 5
+    visual = torch.randn(b, n, d)
+    prompt = text_prompt_ids(b, 1, torch.tensor([[10, 11, 12], [13, 10, 10]]), visual.device)
+    report, mask = torch.tensor([[5, 6, 2], [7, 2, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    table = torch.randn(20, d)
+    before = layout_inputs(visual, prompt, lambda ids: table[ids], report, mask)
+    after = layout_inputs(visual, prompt, lambda ids: table[ids], report, mask, visual_position="after_prompt")
+    assert torch.equal(after.inputs_embeds[0, :3], table[prompt[0, :3]])
+    assert torch.equal(after.inputs_embeds[:, 3 : 3 + n], visual)
+    assert torch.equal(after.inputs_embeds[1, 3 + n], table[1])  # BOS right after the visual tokens
+    # same length, labels and mask: only the order of the non-scored positions changes
+    assert after.prompt_length == before.prompt_length
+    assert torch.equal(after.labels, before.labels) and torch.equal(after.attention_mask, before.attention_mask)
+    assert torch.equal(after.inputs_embeds[:, n + 4 :], before.inputs_embeds[:, n + 4 :])
+    without_prompt = text_prompt_ids(b, 1, None, visual.device)  # baselines: [BOS] only, the order is unchanged
+    assert torch.equal(
+        layout_inputs(visual, without_prompt, lambda ids: table[ids], visual_position="after_prompt").inputs_embeds,
+        layout_inputs(visual, without_prompt, lambda ids: table[ids]).inputs_embeds,
+    )
+    with pytest.raises(ValueError, match="visual_position"):
+        layout_inputs(visual, prompt, lambda ids: table[ids], visual_position="middle")
+
+
 def test_lm_loss_is_mean_ce_over_report_tokens():
     logits = torch.randn(1, 4, 7)
     labels = torch.tensor([[IGNORE_INDEX, 3, 5, IGNORE_INDEX]])

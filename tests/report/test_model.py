@@ -125,3 +125,26 @@ def test_one_yaml_file_builds_the_model(tmp_path, tiny_llama_dir):
     assert model.decoder_mode == "llm" and model.config.alpha_mix == 0.25
     layer = model.lm.model.layers[1].self_attn.v_proj
     assert layer.r["generic"] == 2 and layer.scaling["generic"] == 2.0
+
+
+def test_visual_tokens_after_the_prompt_leave_the_prompt_unread_by_the_image(make_config, make_batch):
+    from dataclasses import replace
+
+    cfg = make_config(mode="llm")
+    model = _build(replace(cfg, decoder=replace(cfg.decoder, visual_position="after_prompt"))).eval()
+    torch.nn.init.ones_(model.projector.norm.weight)  # open the zero-gated visual path, as training does
+    batch = make_batch(model, n=2, views=False)
+    other = dict(batch, images=torch.rand_like(batch["images"]))
+    with torch.no_grad():
+        out, out_other = model(batch), model(other)
+    p = model.diagnosis_prompt.template.shape[-1]  # the diagnosis prompt's length P
+    prompt_len = out.labels.shape[1] - batch["input_ids"].shape[1]
+    assert prompt_len > p
+    # causal decoder, prompt first: the prompt's hidden states ignore the image; BOS onwards read it
+    assert torch.equal(out.hidden[:, :p], out_other.hidden[:, :p])
+    assert not torch.equal(out.hidden[:, prompt_len - 1], out_other.hidden[:, prompt_len - 1])
+    # generation uses the same layout as training: its first token is the teacher-forced argmax at BOS
+    gen = model.generate(batch["images"], states=batch["states"], max_new_tokens=1, num_beams=1)
+    with torch.no_grad():
+        mixed = model(batch, adapter="mixed")
+    assert gen.token_ids[:, 0].tolist() == mixed.logits[:, prompt_len - 1].argmax(-1).tolist()

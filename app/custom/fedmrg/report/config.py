@@ -38,6 +38,7 @@ PromptEncoder = Literal["mlp", "none"]
 EncoderPreset = Literal["resnet-tiny", "resnet-18", "resnet-50", "resnet-101"]
 DecoderMode = Literal["auto", "llm", "clm"]
 DType = Literal["float32", "bfloat16", "float16"]
+VisualPosition = Literal["before_prompt", "after_prompt"]
 
 #: Config schema version, written into results so a later reader knows which fields existed.
 CONFIG_VERSION = 1
@@ -87,12 +88,16 @@ class DecoderConfig:
             weights; ``"auto"`` picks ``"llm"`` for >= 1e9 parameters and ``"clm"`` below (paper 4.2).
         dtype: weights dtype of the decoder (``"float32"`` on CPU; ``"bfloat16"`` for a 7B model on GPU).
         max_report_tokens: report length cap in tokens, EOS included (longer reports are truncated).
+        visual_position: where the visual tokens enter the decoder input: ``"before_prompt"`` (the paper's order,
+            visual tokens then diagnosis prompt then BOS) or ``"after_prompt"`` (diagnosis prompt, visual tokens,
+            BOS: the prompt's hidden states are then those of the prompt alone, see ``fedmrg.report.prompt_layout``).
     """
 
     path: str = field(default="", metadata={"path": "dir"})
     mode: DecoderMode = "auto"
     dtype: DType = "float32"
     max_report_tokens: int = 100
+    visual_position: VisualPosition = "before_prompt"
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "`decoder.path` is required: a local Hugging Face causal-LM directory")

@@ -348,6 +348,7 @@ class FedMRGModel(nn.Module):
             self._embed,
             batch["input_ids"].to(device),
             batch["attention_mask"].to(device),
+            visual_position=self.config.decoder.visual_position,
         )
         with self.use_adapters(adapter):
             logits, hidden = self._run_decoder(inputs)
@@ -422,7 +423,12 @@ class FedMRGModel(nn.Module):
                 states = states.to(device=encoded.tokens.device, dtype=torch.long)
             elif states is not None:
                 raise ValueError(f"`method: {self.config.method}` has no diagnosis prompts; `states` must be None")
-            inputs = layout_inputs(encoded.tokens, self._prompt_ids(states, b, encoded.tokens.device), self._embed)
+            inputs = layout_inputs(
+                encoded.tokens,
+                self._prompt_ids(states, b, encoded.tokens.device),
+                self._embed,
+                visual_position=self.config.decoder.visual_position,
+            )
             embeds, mask, extra = self._virtual(inputs, b, num_beams)
             extra.pop("use_cache", None)  # generation caches anyway; passing it next to a GenerationConfig warns
             with self.use_adapters("generic" if generic_only else "mixed"):
