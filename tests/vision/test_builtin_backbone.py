@@ -76,3 +76,41 @@ def test_paired_auc_gain_is_zero_for_the_same_model_and_positive_for_a_better_on
     assert same["auc_gain"] == 0 and same["ci95"] == [0.0, 0.0]
     better = paired_auc_gain(y, good, bad, n_boot=50)
     assert better["auc_gain"] > 0.2 and 0 < better["ci95"][0] < better["auc_gain"] < better["ci95"][1]
+
+
+def test_probes_score_the_backbone_against_random_init_on_both_tasks(tmp_path):
+    """``run_probes`` on a small copy of the two layouts: a RetinaMNIST ``.npz`` and a HAM10000 CSV + JPEGs whose
+    melanoma images are brighter, so a probe on any features separates them."""
+    from PIL import Image
+
+    from fedmrg.vision.builtin import run_probes
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "medmnist").mkdir(parents=True)
+    grades = np.arange(40) % 5
+    np.savez(root / "medmnist" / "retinamnist_trainval.npz",
+             train_images=rng.integers(0, 256, (40, 28, 28, 3), dtype=np.uint8), train_labels=grades[:, None],
+             val_images=rng.integers(0, 256, (20, 28, 28, 3), dtype=np.uint8), val_labels=grades[:20, None])  # fmt: skip
+    (root / "ham10000" / "images").mkdir(parents=True)
+    rows = ["lesion_id,image_id,dx"]
+    for i in range(60):
+        mel = i % 3 == 0
+        pixels = rng.integers(150 if mel else 0, 256 if mel else 110, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "ham10000" / "images" / f"ISIC_{i:07d}.jpg")
+        rows.append(f"HAM_{i // 2:07d},ISIC_{i:07d},{'mel' if mel else 'nv'}")
+    (root / "ham10000" / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    from transformers import ViTModel
+
+    from fedmrg.vision.builtin import vit_config
+
+    save_backbone(ViTModel(vit_config(TINY), add_pooling_layer=False), tmp_path / "vit", {"recipe": TINY})
+    out = run_probes(tmp_path / "vit", root)
+    for name in ("builtin", "random_init"):
+        for task in ("retinamnist_val", "ham10000_melanoma"):
+            assert 0 <= out[name][task]["accuracy"] <= 1 and 0 <= out[name][task]["auc"] <= 1
+        assert out[name]["ham10000_melanoma"]["auc"] > 0.9  # brightness separates the classes
+    gain = out["builtin_minus_random"]["ham10000_melanoma"]
+    assert gain["ci95"][0] <= gain["auc_gain"] <= gain["ci95"][1]
+    assert "split by lesion_id" in out["protocol"]

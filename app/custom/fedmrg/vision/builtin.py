@@ -180,8 +180,9 @@ def augment(x: torch.Tensor, recipe: dict[str, Any], g: torch.Generator) -> torc
     return out.clamp(0, 1).sub(0.5).div(0.5)
 
 
-def vit_features_train(vit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2D)``: final CLS token and mean patch token (what :func:`vit_features` and the probe read)."""
+def cls_and_mean_patch(vit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2D)`` from pixels ``(B, 3, S, S)``: final CLS token and mean patch token, with autograd (pretraining)
+    or without (:func:`vit_features`, the probe)."""
     h = vit(pixel_values=x).last_hidden_state
     return torch.cat([h[:, 0], h[:, 1:].mean(1)], 1)
 
@@ -209,7 +210,7 @@ def pretrain(images: np.ndarray, recipe: dict[str, Any], log_every: int = 50) ->
         log.append({"step": step, "loss": round(loss, 5), "seconds": round(seconds, 1)})
         print(f"step {step}/{schedule.steps} loss {loss:.4f} ({seconds:.0f} s)", flush=True)
 
-    pretrain_contrastive(lambda x: vit_features_train(vit, x), [vit], head, pool,
+    pretrain_contrastive(lambda x: cls_and_mean_patch(vit, x), [vit], head, pool,
                          lambda x, g: augment(x, recipe, g), schedule, torch.Generator().manual_seed(recipe["seed"] + 1),
                          log_every=log_every, on_log=on_log)  # fmt: skip
     return vit.eval(), log
@@ -232,7 +233,7 @@ def vit_features(vit: torch.nn.Module, images: np.ndarray, batch: int = 256) -> 
     out = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
-        out.append(vit_features_train(vit, x).numpy())
+        out.append(cls_and_mean_patch(vit, x).numpy())
     return np.concatenate(out)
 
 
@@ -315,9 +316,12 @@ def run_probes(backbone_dir: Path, data_root: Path) -> dict[str, Any]:
         probs[name] = {"retinamnist_val": probe_probabilities(vit_features(vit, rtr), rtr_y, vit_features(vit, rva)),
                        "ham10000_melanoma": probe_probabilities(f[h_tr], h_y[h_tr], f[~h_tr])}  # fmt: skip
     truth = {"retinamnist_val": (rtr_y, rva_y), "ham10000_melanoma": (h_y[h_tr], h_y[~h_tr])}
-    for name in probs:
-        out[name] = {task: {"accuracy": float((np.unique(train_y)[p.argmax(1)] == y).mean()), "auc": _auc(y, p)}
-                     for task, p in probs[name].items() for train_y, y in [truth[task]]}  # fmt: skip
+    for name, by_task in probs.items():
+        out[name] = {}
+        for task, p in by_task.items():
+            train_y, y = truth[task]
+            predicted = np.unique(train_y)[p.argmax(1)]  # probability columns follow the sorted training classes
+            out[name][task] = {"accuracy": float((predicted == y).mean()), "auc": _auc(y, p)}
     out["builtin_minus_random"] = {task: paired_auc_gain(y, probs["builtin"][task], probs["random_init"][task])
                                    for task, (_, y) in truth.items()}  # fmt: skip
     out["protocol"] = ("frozen features (CLS + mean patch), StandardScaler + LogisticRegression(C=0.1); RetinaMNIST "
