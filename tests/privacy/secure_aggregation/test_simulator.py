@@ -162,3 +162,36 @@ def test_secure_aggregation_of_the_fedmrg_job_matches_plain_fedavg(tmp_path, mon
         overrides=TINY_MODEL_OVERRIDES | {"training": TINY_MODEL_OVERRIDES["training"] | {"rounds": 2}}
     )
     _check_final_model(ws, tmp_path / "rec", [SITES, SITES], initial=learner.initial_shared_state(), clip=clip)
+
+
+@pytest.mark.slow
+def test_secure_aggregation_of_a_vision_job_matches_plain_fedavg(tmp_path):
+    """The vision classification job (prompt generation on a small random ViT, synthetic task, 3 sites, 2 rounds) with
+    secure aggregation switched on by the same tool: the server's model is the FedAvg of the sites' true deltas."""
+    from fedmrg.vision.backbones import tiny_vit
+    from fedmrg.vision.job import write_job
+    from fedmrg.vision.learner import VisionLearner
+
+    tiny_vit().save_pretrained(str(tmp_path / "vit"))
+    args = {"task": "synthetic_cls", "method": "prompt_gen", "backbone": str(tmp_path / "vit"), "num_sites": 3,
+            "rounds": 2, "local_steps": 2, "batch_size": 8, "synthetic_samples": 48}  # fmt: skip
+    job = write_job(tmp_path / "job", args, min_clients=3)
+    cfg = job / "app" / "config"
+    _edit(cfg / "config_fed_server.json", lambda c: c.update(workflows=c["workflows"][:1]))  # no cross-site eval
+    clip = 100.0  # above any delta norm here (2 steps), so the recorded plain deltas are what was aggregated
+    enable_in_job(job, {"clip_norm": clip, "max_weight": MAX_WEIGHT})
+
+    def recorders(c):
+        group = next(g for g in c["task_result_filters"] if g["filters"][-1]["path"] == MASK_FILTER)
+        rec = "delta_recorder.DeltaRecorder"
+        plain = {"path": rec, "args": {"out_dir": str(tmp_path / "rec"), "stage": "plain"}}
+        group["filters"] = [*group["filters"][:-1], plain, group["filters"][-1]]
+
+    _edit(cfg / "config_fed_client.json", recorders)
+    ws = tmp_path / "ws"
+    proc = _simulate(job, ws)
+    log = (ws / "server" / "log.txt").read_text()
+    assert proc.returncode == 0 and "Exception in ScatterAndGather" not in log, proc.stderr[-3000:] + log[-3000:]
+    assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
+    initial = VisionLearner(**args).initial_shared_state()
+    _check_final_model(ws, tmp_path / "rec", [SITES, SITES], initial=initial, clip=clip)
