@@ -166,3 +166,25 @@ def test_inspect_model_method_refusals(capsys):
 
     with pytest.raises(ConfigError, match="--method must be one of"):
         with_method(_llama2_7b_model_config(), "fedsomething")
+
+
+@pytest.mark.parametrize("method", ["fedlora", "fedprompt", "fedprefix"])
+@pytest.mark.parametrize("virtual_tokens", [3, 40])  # fewer and more virtual tokens than the decoder input has
+def test_generation_reads_the_same_input_as_training(make_config, make_batch, method, virtual_tokens):
+    """The first generated token is the teacher-forced argmax at BOS: generation sees the visual tokens and the
+    virtual tokens exactly as training does (transformers' ``generate`` counts a prefix cache as part of its input)."""
+    from dataclasses import replace
+
+    cfg = make_config(method, mode="llm")
+    model = _model(lambda *a, **k: replace(cfg, adapter=replace(cfg.adapter, num_virtual_tokens=virtual_tokens)),
+                   method, "llm").eval()  # fmt: skip
+    # open the zero-gated visual path wide, so that the next token depends on every visual token
+    torch.nn.init.constant_(model.projector.norm.weight, 30.0)
+    batch = make_batch(model, n=2, views=False)
+    with torch.no_grad():
+        out = model(batch)
+    bos = out.labels.shape[1] - batch["input_ids"].shape[1] - 1
+    logits = out.logits[:, bos].clone()
+    logits[:, list(model.state_token_ids)] = -torch.inf  # generation suppresses the prompt-only tokens
+    gen = model.generate(batch["images"], max_new_tokens=1, min_new_tokens=0, num_beams=1)
+    assert gen.token_ids[:, 0].tolist() == logits.argmax(-1).tolist()

@@ -284,14 +284,19 @@ class FedMRGModel(nn.Module):
         return text_prompt_ids(batch_size, self.bos_token_id, self.diagnosis_prompt.ids(states), device)
 
     def _virtual(
-        self, inputs: DecoderInputs, batch: int, num_beams: int = 1
+        self, inputs: DecoderInputs, batch: int, num_beams: int = 1, *, generation: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Add PEFT prompt / prefix tuning's virtual tokens; returns (inputs_embeds, attention_mask, extra kwargs).
 
         PEFT's own ``PeftModelForCausalLM.generate`` cannot take ``inputs_embeds`` for prompt learning (its
         ``prepare_inputs_for_generation`` hides the argument, so transformers refuses), so the model adds the
         virtual tokens itself with PEFT's ``get_prompt`` and calls the base LM, identically in training and
-        generation (a test checks it equals PEFT's forward).
+        generation (tests check it equals PEFT's forward, and that generation's first token is training's argmax).
+
+        ``generation=True`` (prefix tuning): transformers' ``generate`` reads ``inputs_embeds`` as the whole sequence,
+        the cached prefix included, and drops its first cache-length positions; n placeholder rows stand in for the
+        prefix so that what it drops is them, not the visual tokens (with fewer inputs than virtual tokens it would
+        otherwise fail).
         """
         embeds, mask, kind = inputs.inputs_embeds, inputs.attention_mask, self.config.peft_type
         if kind not in ("prompt", "prefix"):
@@ -302,6 +307,9 @@ class FedMRGModel(nn.Module):
             prompts = self.decoder.get_prompt(batch_size=batch).to(embeds.dtype)
             return torch.cat([prompts, embeds], dim=1), mask, {}
         cache = self.decoder.get_prompt(batch_size=batch * num_beams, max_cache_len=embeds.shape[1] + n)
+        if generation:
+            embeds = torch.cat([embeds.new_zeros(batch, n, embeds.shape[-1]), embeds], dim=1)
+            return embeds, mask, {"cache": cache}
         return embeds, mask, {"past_key_values": cache, "use_cache": True}
 
     def _run_decoder(self, inputs: DecoderInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -429,8 +437,7 @@ class FedMRGModel(nn.Module):
                 self._embed,
                 visual_position=self.config.decoder.visual_position,
             )
-            embeds, mask, extra = self._virtual(inputs, b, num_beams)
-            extra.pop("use_cache", None)  # generation caches anyway; passing it next to a GenerationConfig warns
+            embeds, mask, extra = self._virtual(inputs, b, num_beams, generation=True)
             with self.use_adapters("generic" if generic_only else "mixed"):
                 ids = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen_config, **extra)
         finally:
