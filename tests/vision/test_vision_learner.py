@@ -121,12 +121,12 @@ def test_model_folder_predict_and_evaluate_classification(tiny_backbones, tmp_pa
     for i in range(4):
         Image.new("L" if i == 3 else "RGB", (30, 30), 100 + i).save(imgs / f"i{i}.png")  # one grayscale
     with (imgs / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["image", "label"], *[[f"i{i}.png", ["round", "elongated"][i % 2]] for i in range(4)]])
+        csv.writer(f).writerows([["image", "label"], *[[f"i{i}.png", ["plain", "striped"][i % 2]] for i in range(4)]])
     assert main(["vision", "predict", "--model", str(model_dir), "--images", str(imgs), "--out", str(tmp_path / "p")]) == 0
     rows = list(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
     assert [r["image"] for r in rows] == [f"i{i}.png" for i in range(4)]
-    assert set(rows[0]) == {"image", "prediction", "p_round", "p_elongated"}
-    assert abs(float(rows[0]["p_round"]) + float(rows[0]["p_elongated"]) - 1) < 1e-4
+    assert set(rows[0]) == {"image", "prediction", "p_plain", "p_striped"}
+    assert abs(float(rows[0]["p_plain"]) + float(rows[0]["p_striped"]) - 1) < 1e-4
     np.savez(tmp_path / "t.npz", test_images=np.zeros((6, 28, 28, 3), np.uint8), test_labels=np.array([0, 1] * 3))
     assert main(["vision", "evaluate", "--model", str(model_dir), "--data", str(tmp_path / "t.npz"), "--out",
                  str(tmp_path / "m.json")]) == 0
