@@ -129,6 +129,24 @@ def test_a_dropout_after_key_exchange_is_recovered_in_the_simulator(tmp_path):
     _check_final_model(ws, tmp_path / "rec", [SITES, ["site-1", "site-2"]])
 
 
+def _simulate_recording_plain_deltas(job: Path, tmp: Path) -> Path:
+    """Record each site's delta right before its mask filter (``tmp/rec``), run the simulator, check both secure
+    rounds ran with all three sites; returns the workspace."""
+
+    def recorders(c):
+        group = next(g for g in c["task_result_filters"] if g["filters"][-1]["path"] == MASK_FILTER)
+        plain = {"path": "delta_recorder.DeltaRecorder", "args": {"out_dir": str(tmp / "rec"), "stage": "plain"}}
+        group["filters"] = [*group["filters"][:-1], plain, group["filters"][-1]]
+
+    _edit(job / "app" / "config" / "config_fed_client.json", recorders)
+    ws = tmp / "ws"
+    proc = _simulate(job, ws)
+    log = (ws / "server" / "log.txt").read_text()
+    assert proc.returncode == 0 and "Exception in ScatterAndGather" not in log, proc.stderr[-3000:] + log[-3000:]
+    assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
+    return ws
+
+
 @pytest.mark.slow
 def test_secure_aggregation_of_the_fedmrg_job_matches_plain_fedavg(tmp_path, monkeypatch):
     """The real jobs/fedmrg (tiny built-in models, 3 sites, 2 rounds) with secure aggregation switched on."""
@@ -146,18 +164,7 @@ def test_secure_aggregation_of_the_fedmrg_job_matches_plain_fedavg(tmp_path, mon
     cfg = job / "app" / "config"
     _edit(cfg / "config_fed_server.json", lambda c: c.update(workflows=c["workflows"][:1]))  # no cross-site eval
 
-    def recorders(c):
-        group = next(g for g in c["task_result_filters"] if g["filters"][-1]["path"] == MASK_FILTER)
-        rec = "delta_recorder.DeltaRecorder"
-        plain = {"path": rec, "args": {"out_dir": str(tmp_path / "rec"), "stage": "plain"}}
-        group["filters"] = [*group["filters"][:-1], plain, group["filters"][-1]]
-
-    _edit(cfg / "config_fed_client.json", recorders)
-    ws = tmp_path / "ws"
-    proc = _simulate(job, ws)
-    log = (ws / "server" / "log.txt").read_text()
-    assert proc.returncode == 0 and "Exception in ScatterAndGather" not in log, proc.stderr[-3000:] + log[-3000:]
-    assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
+    ws = _simulate_recording_plain_deltas(job, tmp_path)
     learner = JobFedMRGLearner(
         overrides=TINY_MODEL_OVERRIDES | {"training": TINY_MODEL_OVERRIDES["training"] | {"rounds": 2}}
     )
@@ -181,17 +188,6 @@ def test_secure_aggregation_of_a_vision_job_matches_plain_fedavg(tmp_path):
     clip = 100.0  # above any delta norm here (2 steps), so the recorded plain deltas are what was aggregated
     enable_in_job(job, {"clip_norm": clip, "max_weight": MAX_WEIGHT})
 
-    def recorders(c):
-        group = next(g for g in c["task_result_filters"] if g["filters"][-1]["path"] == MASK_FILTER)
-        rec = "delta_recorder.DeltaRecorder"
-        plain = {"path": rec, "args": {"out_dir": str(tmp_path / "rec"), "stage": "plain"}}
-        group["filters"] = [*group["filters"][:-1], plain, group["filters"][-1]]
-
-    _edit(cfg / "config_fed_client.json", recorders)
-    ws = tmp_path / "ws"
-    proc = _simulate(job, ws)
-    log = (ws / "server" / "log.txt").read_text()
-    assert proc.returncode == 0 and "Exception in ScatterAndGather" not in log, proc.stderr[-3000:] + log[-3000:]
-    assert "round 1: secure aggregation with ['site-1', 'site-2', 'site-3']" in log
+    ws = _simulate_recording_plain_deltas(job, tmp_path)
     initial = VisionLearner(**args).initial_shared_state()
     _check_final_model(ws, tmp_path / "rec", [SITES, SITES], initial=initial, clip=clip)
