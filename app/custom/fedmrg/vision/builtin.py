@@ -255,7 +255,11 @@ def probe_probabilities(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, float]:
     """Standardised features + logistic regression; accuracy and (macro one-vs-rest) AUC on the test set."""
-    p = probe_probabilities(train_x, train_y, test_x)
+    return probe_scores(train_y, test_y, probe_probabilities(train_x, train_y, test_x))
+
+
+def probe_scores(train_y: np.ndarray, test_y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Accuracy and AUC of probe probabilities ``p`` (N, C), columns in the sorted training classes' order."""
     return {"accuracy": float((np.unique(train_y)[p.argmax(1)] == test_y).mean()), "auc": _auc(test_y, p)}
 
 
@@ -317,11 +321,7 @@ def run_probes(backbone_dir: Path, data_root: Path) -> dict[str, Any]:
                        "ham10000_melanoma": probe_probabilities(f[h_tr], h_y[h_tr], f[~h_tr])}  # fmt: skip
     truth = {"retinamnist_val": (rtr_y, rva_y), "ham10000_melanoma": (h_y[h_tr], h_y[~h_tr])}
     for name, by_task in probs.items():
-        out[name] = {}
-        for task, p in by_task.items():
-            train_y, y = truth[task]
-            predicted = np.unique(train_y)[p.argmax(1)]  # probability columns follow the sorted training classes
-            out[name][task] = {"accuracy": float((predicted == y).mean()), "auc": _auc(y, p)}
+        out[name] = {task: probe_scores(*truth[task], p) for task, p in by_task.items()}
     out["builtin_minus_random"] = {task: paired_auc_gain(y, probs["builtin"][task], probs["random_init"][task])
                                    for task, (_, y) in truth.items()}  # fmt: skip
     out["protocol"] = ("frozen features (CLS + mean patch), StandardScaler + LogisticRegression(C=0.1); RetinaMNIST "
