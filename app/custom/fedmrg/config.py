@@ -43,16 +43,19 @@ def load_config(path: str | Path, cls: type[T]) -> T:
     return from_dict(cls, load_yaml(path), source=str(path), base_dir=path.parent)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None,
-              _prefix: str = "") -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None, _prefix: str = ""
+) -> T:
     """Build dataclass ``cls`` from a mapping, validating keys, types and paths (see module docstring)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: `{_prefix.rstrip('.') or 'config'}` must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(f'`{_prefix}{k}`' for k in unknown)}; "
-                          f"allowed: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(f'`{_prefix}{k}`' for k in unknown)}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():

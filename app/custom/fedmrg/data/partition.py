@@ -208,7 +208,6 @@ def partition_records(records: Sequence[StudyRecord], config: PartitionConfig) -
     return partition_from_groups(patients, by_patient, group, config, rng_split)
 
 
-
 def partition_from_groups(
     patients: Sequence[str],
     by_patient: Mapping[str, Sequence[StudyRecord]],
@@ -251,6 +250,7 @@ def partition_from_groups(
     part = Partition(config=config, sites=sites, test=test, unseen=unseen)
     part.check_patient_disjoint()
     return part
+
 
 def primary_labels(records: Sequence[StudyRecord]) -> list[str]:
     """One class per record for label-skew partitioning: its *rarest* positive observation.

@@ -142,8 +142,10 @@ class ToyLearner:
         except Exception as e:  # any unreadable file is the same failure for the site: name it and stop
             raise DataError(f"site {self.site_name!r}: training data {path} is not readable: {e}") from e
         if x.ndim != 2 or x.shape[1] != self.in_features or y.shape != (x.shape[0], 1):
-            raise DataError(f"site {self.site_name!r}: {path}: expected x (n, {self.in_features}) and y (n, 1), "
-                            f"got {x.shape} and {y.shape}")
+            raise DataError(
+                f"site {self.site_name!r}: {path}: expected x (n, {self.in_features}) and y (n, 1), "
+                f"got {x.shape} and {y.shape}"
+            )
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def _splits(self) -> dict[str, int]:

@@ -114,8 +114,10 @@ class Predictor:
         for p in paths:
             problem = modality_problem(p)
             if problem:  # the model reads chest radiographs: say so, the report is written all the same
-                warnings.warn(f"{p}: {problem}; the model was trained on chest radiographs, so the report is unreliable",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{p}: {problem}; the model was trained on chest radiographs, so the report is unreliable",
+                    stacklevel=2,
+                )
         out: list[Prediction] = []
         for i in range(0, len(arrays), batch_size):
             out += self.predict_arrays(arrays[i : i + batch_size], [str(p) for p in paths[i : i + batch_size]],

@@ -9,7 +9,15 @@ Values: 1 positive, 0 negative, -1 uncertain, ``None`` blank (CheXpert's convent
 
 from __future__ import annotations
 
-from fedmrg.labels.labeler import Mention, find_mentions, label_report, label_reports
+from fedmrg.labels.labeler import Mention, find_mentions, finding_sentence_spans, label_report, label_reports
 from fedmrg.labels.states import labels_to_states, states_to_labels
 
-__all__ = ["Mention", "find_mentions", "label_report", "label_reports", "labels_to_states", "states_to_labels"]
+__all__ = [
+    "Mention",
+    "find_mentions",
+    "finding_sentence_spans",
+    "label_report",
+    "label_reports",
+    "labels_to_states",
+    "states_to_labels",
+]

@@ -18,12 +18,13 @@ Values follow CheXpert's CSV convention: 1 positive, 0 negative, -1 uncertain, `
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fedmrg.labels import rules
-from fedmrg.labels.text import clauses
+from fedmrg.labels.text import SENTENCE_END, clauses
 from fedmrg.observations import OBSERVATIONS
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
@@ -183,3 +184,23 @@ def label_reports(texts: Sequence[str], *, progress: bool = False) -> list[dict[
 
         texts = tqdm(texts, desc="labeling", unit="report")
     return [label_report(t) for t in texts]
+
+
+@functools.lru_cache(maxsize=16384)
+def finding_sentence_spans(text: str) -> tuple[tuple[int, int], ...]:
+    """Character spans ``(start, end)`` in ``text`` of the sentences that state a finding: a positive or uncertain
+    mention of one of the 14 observations other than No Finding ("mild cardiomegaly.", "sternotomy wires are
+    intact."), as :func:`label_report` reads them sentence by sentence. Negated ("no effusion.") and normal sentences
+    are not spans. Cached: training labels the same reports every epoch.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for end in [m.start() for m in SENTENCE_END.finditer(text)] + [len(text)]:
+        piece = text[start:end]
+        if piece.strip() and any(
+            m.observation in OBSERVATIONS and m.observation != NO_FINDING and m.value != NEGATIVE
+            for m in find_mentions(piece)
+        ):
+            spans.append((start, end))
+        start = end + 1
+    return tuple(spans)

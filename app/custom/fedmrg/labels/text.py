@@ -17,7 +17,7 @@ _HYPHEN_BREAK = re.compile(r"(?<=[a-z])-\s+(?=[a-z])")  # "air- space" line-wrap
 
 #: A sentence ends at ".", "!" or "?" unless the period is a decimal point ("1.5 cm"), and at line breaks.
 #: Numbered list markers ("1." / "2)") become their own tiny fragments, which hold no mention.
-_SENTENCE_END = re.compile(r"[.!?](?!\d)|\n+|\b\d+\)")
+SENTENCE_END = re.compile(r"[.!?](?!\d)|\n+|\b\d+\)")
 
 #: Words and marks that end a clause: a negation or uncertainty cue never reaches past them. ``and`` ends a clause
 #: only when a new subject or finding starts after it ("no effusion and mild cardiomegaly"), so that coordinated
@@ -45,7 +45,7 @@ def normalize(text: str) -> str:
 def split_sentences(text: str) -> list[str]:
     """Split normalised text into sentences with single spaces; empty pieces are dropped."""
     out = []
-    for piece in _SENTENCE_END.split(text):
+    for piece in SENTENCE_END.split(text):
         s = _WS.sub(" ", piece).strip(" ,")
         if s:
             out.append(s)

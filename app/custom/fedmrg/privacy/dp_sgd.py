@@ -45,8 +45,7 @@ from torch import nn
 
 from fedmrg.errors import ConfigError
 from fedmrg.privacy.dp_config import DPSGDConfig
-from fedmrg.report.losses import distillation_losses
-from fedmrg.report.prompt_layout import IGNORE_INDEX
+from fedmrg.report.losses import distillation_losses, language_model_loss
 from fedmrg.report.run_config import TrainingConfig
 from fedmrg.report.state_tokens import StateTokenEmbedding
 from fedmrg.report.steps import StepLosses, detach_encoded, generic_step_groups
@@ -127,14 +126,9 @@ def compute_state_token_grad_sample(
 
 
 # ---------------------------------------------------------------------------------------------------- losses
-def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) mean next-token cross-entropy over each study's own report tokens; logits (B, L, V), labels (B, L)."""
-    targets = labels[:, 1:]
-    tok = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (B, L-1)
-    mask = (targets != IGNORE_INDEX).to(tok.dtype)
-    return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+def per_sample_lm_loss(out: Any) -> torch.Tensor:
+    """(B,) LM loss of a :class:`~fedmrg.report.model.FedMRGOutput`, each over its own study's report tokens."""
+    return language_model_loss(out.logits, out.labels, out.label_weights, per_sample=True)
 
 
 def _distil(model: FedMRGModel, batch: Mapping[str, Any], teacher: str, out: Any) -> tuple[torch.Tensor, ...]:
@@ -151,7 +145,7 @@ def dp_generic_losses(model: FedMRGModel, batch: Mapping[str, Any]) -> StepLosse
     cfg = model.config
     model.set_phase("generic")
     out = model(batch, adapter="generic")
-    per_study = per_sample_lm_loss(out.logits, out.labels)
+    per_study = per_sample_lm_loss(out)
     lm = per_study.mean()
     kd_cos = kd_kl = None
     if cfg.kd_specialized_to_generic:
@@ -170,7 +164,7 @@ def dp_specialized_losses(model: FedMRGModel, batch: Mapping[str, Any], encoded:
     model.set_phase("specialized")
     encoded = detach_encoded(encoded)
     out = model(batch, adapter="specialized", encoded=encoded)
-    per_study = per_sample_lm_loss(out.logits, out.labels)
+    per_study = per_sample_lm_loss(out)
     lm = per_study.mean()
     kd_cos = kd_kl = None
     if cfg.kd_generic_to_specialized:

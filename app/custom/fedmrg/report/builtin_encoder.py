@@ -181,8 +181,9 @@ def ensure_ssl_encoder(
     base_dir = Path(base_encoder_dir)
     if not (base_dir / "model.safetensors").is_file():
         raise FedMRGError(f"{base_dir}: no model.safetensors; expected the built-in encoder folder")
-    spec = json.dumps({"recipe": asdict(recipe), "base": _weights_digest(base_dir), "build": BUILD_VERSION},
-                      sort_keys=True)
+    spec = json.dumps(
+        {"recipe": asdict(recipe), "base": _weights_digest(base_dir), "build": BUILD_VERSION}, sort_keys=True
+    )
     key = hashlib.sha256(spec.encode()).hexdigest()[:16]
     root = (Path(cache_root) if cache_root is not None else cache_dir()) / "builtin-ssl"
     final = root / key

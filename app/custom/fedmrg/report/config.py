@@ -167,6 +167,11 @@ class LossConfig:
             added to each observation's [POS] logit, ``p_pos`` being the site's own positive rate (Laplace-smoothed,
             from its training labels; it never leaves the site); inference uses the raw logits, so rare findings
             are predicted positive more often (Menon et al., ICLR 2021). 0 = plain cross-entropy.
+        finding_weight: LM-loss weight of the report tokens in sentences that state a finding (a positive or
+            uncertain mention of one of the 13 findings, by the rule-based labeler, sentence by sentence); the other
+            tokens weigh 1 and the loss is the weighted mean per token. On real reports most tokens belong to normal
+            sentences ("the lungs are clear."), so a plain mean teaches the decoder the templates and barely the
+            finding phrases its prompt asks for (docs/results/findings.md). 1 = plain mean (the paper's eq. 1).
     """
 
     lambda_cls: float = 4.0
@@ -175,11 +180,13 @@ class LossConfig:
     temperature: float = 0.07
     kd_temperature: float = 1.0
     logit_adjustment: float = 0.0
+    finding_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("lambda_cls", "lambda_con", "lambda_kd", "logit_adjustment"):
             value = getattr(self, name)
             _check(value >= 0, f"`losses.{name}` must be >= 0, got {value}")
+        _check(self.finding_weight > 0, f"`losses.finding_weight` must be > 0, got {self.finding_weight}")
         _check(self.temperature > 0, f"`losses.temperature` must be > 0, got {self.temperature}")
         _check(self.kd_temperature > 0, f"`losses.kd_temperature` must be > 0, got {self.kd_temperature}")
 

@@ -15,9 +15,28 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def language_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over report tokens: logits (B, L, V), labels (B, L) with -100 ignored."""
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+def language_model_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None, *, per_sample: bool = False
+) -> torch.Tensor:
+    """Next-token cross-entropy over report tokens: logits (B, L, V), labels (B, L) with -100 ignored.
+
+    Args:
+        weights: (B, L) float weight of each label position (``FedMRGOutput.label_weights``), or None for 1. The
+            loss is the weighted mean ``sum(w * ce) / sum(w)`` over the non-ignored labels, so weights only shift
+            attention between tokens and a batch's loss stays on the per-token scale.
+        per_sample: one value per study (B,), each over its own tokens (DP-SGD needs per-study losses), instead of
+            one over the batch.
+    """
+    targets = labels[:, 1:]
+    ce = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, L-1)
+    w = (targets != IGNORE_INDEX).to(ce.dtype)
+    if weights is not None:
+        w = w * weights[:, 1:].to(ce.dtype)
+    if per_sample:
+        return (ce * w).sum(1) / w.sum(1).clamp(min=1e-8)
+    return (ce * w).sum() / w.sum().clamp(min=1e-8)
 
 
 def distillation_losses(

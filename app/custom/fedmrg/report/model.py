@@ -83,6 +83,8 @@ class FedMRGOutput:
         hidden: (B, L, d_model) final-layer hidden states.
         labels: (B, L) int64 LM targets (-100 on prompt and padding).
         encoded: the visual side (reusable for a second pass on the same batch).
+        label_weights: (B, L) float32 LM-loss weight of each label position (the batch's ``token_weights`` at the
+            report positions), or None when the batch has none (every token weighs 1).
     """
 
     lm_loss: torch.Tensor
@@ -92,6 +94,7 @@ class FedMRGOutput:
     hidden: torch.Tensor
     labels: torch.Tensor
     encoded: EncodedImages
+    label_weights: torch.Tensor | None = None
 
     @property
     def report_positions(self) -> torch.Tensor:
@@ -334,7 +337,8 @@ class FedMRGModel(nn.Module):
             batch: ``images`` (B, 3, H, W) float32; ``input_ids`` / ``attention_mask`` (B, T) int64 report tokens
                 (EOS included, right-padded); ``states`` (B, 14) int64 ground-truth states (needed with diagnosis
                 prompts); optional ``views`` (B, 3, H, W) second augmented views (enable the contrastive loss) and
-                ``groups`` (B,) int64 study index (default: every row its own study).
+                ``groups`` (B,) int64 study index (default: every row its own study); optional ``token_weights``
+                (B, T) float32 LM-loss weight per report token (``ReportCollator(finding_weight=...)``).
             adapter: ``"generic"``, ``"specialized"`` or ``"mixed"`` (see :meth:`use_adapters`).
             encoded: reuse the visual side of a previous pass on the same batch (skips the encoder).
             negatives: (K, C) memory-bank features from other sites, extra contrastive negatives.
@@ -373,14 +377,19 @@ class FedMRGModel(nn.Module):
                 negatives,
                 temperature=self.config.losses.temperature,
             )
+        label_weights = None
+        if "token_weights" in batch:
+            label_weights = torch.ones(inputs.labels.shape, dtype=torch.float32, device=device)
+            label_weights[:, inputs.prompt_length :] = batch["token_weights"].to(device)
         return FedMRGOutput(
-            lm_loss=language_model_loss(logits, inputs.labels),
+            lm_loss=language_model_loss(logits, inputs.labels, label_weights),
             cls_loss=cls,
             con_loss=con,
             logits=logits,
             hidden=hidden,
             labels=inputs.labels,
             encoded=encoded,
+            label_weights=label_weights,
         )
 
     @torch.no_grad()

@@ -36,15 +36,44 @@ def encode_report(
     Raises:
         DataError: the report is empty or tokenizes to nothing (names the study).
     """
+    ids, _ = encode_report_weighted(tokenizer, text, max_tokens=max_tokens, study_id=study_id, drop_ids=drop_ids)
+    return ids
+
+
+def encode_report_weighted(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    *,
+    max_tokens: int,
+    study_id: str = "?",
+    drop_ids: frozenset[int] = frozenset(),
+    finding_weight: float = 1.0,
+) -> tuple[list[int], list[float]]:
+    """:func:`encode_report` and one LM-loss weight per id: ``finding_weight`` on the tokens of the sentences that
+    state a finding (:func:`fedmrg.labels.finding_sentence_spans`), 1 elsewhere and on the EOS.
+
+    At ``finding_weight == 1`` the report is not labeled. Otherwise the tokenizer must give character offsets (a
+    fast tokenizer); a token belongs to a sentence when its characters overlap the sentence's span.
+    """
     if not text or not text.strip():
         raise DataError(f"study {study_id!r}: empty report; cannot train report generation on it")
-    ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    text = text.strip()
+    weighted = finding_weight != 1.0
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=weighted)
+    ids = enc["input_ids"]
     if not ids:
         raise DataError(f"study {study_id!r}: report {text[:60]!r} tokenizes to no tokens")
-    ids = [i for i in ids if i not in drop_ids]
-    if not ids:
+    weights = [1.0] * len(ids)
+    if weighted:
+        from fedmrg.labels import finding_sentence_spans  # the labels area; imported only when weighting
+
+        spans = finding_sentence_spans(text)
+        weights = [finding_weight if any(a < e and s < b for s, e in spans) else 1.0 for a, b in enc["offset_mapping"]]
+    kept = [(i, w) for i, w in zip(ids, weights, strict=True) if i not in drop_ids]
+    if not kept:
         raise DataError(f"study {study_id!r}: report {text[:60]!r} has only prompt tokens")
-    return ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+    kept = kept[: max_tokens - 1]
+    return [i for i, _ in kept] + [tokenizer.eos_token_id], [w for _, w in kept] + [1.0]
 
 
 def record_states(record: StudyRecord, labeler: Callable[[str], Mapping[str, int | None]] | None = None) -> list[int]:
@@ -82,34 +111,44 @@ def make_sample(record: StudyRecord, image: torch.Tensor, *, view: torch.Tensor 
 
 class ReportCollator:
     """Collate samples into a batch: ``images`` (B, 3, H, W) float32, ``input_ids`` / ``attention_mask`` (B, T)
-    int64 right-padded, ``states`` (B, 14) int64, ``views`` when every sample has a ``view``, ``study_ids``.
+    int64 right-padded, ``states`` (B, 14) int64, ``views`` when every sample has a ``view``, ``study_ids``; with
+    ``finding_weight != 1`` also ``token_weights`` (B, T) float32 (0 on padding).
 
     Args:
         tokenizer: the model's tokenizer (``FedMRGModel.tokenizer``).
         max_report_tokens: report length cap in tokens, EOS included (``decoder.max_report_tokens``).
+        finding_weight: LM-loss weight of the tokens of finding sentences (``losses.finding_weight``); training
+            collators pass it, evaluation collators leave 1 so that validation LM loss stays per token.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_report_tokens: int = 100) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, *, max_report_tokens: int = 100, finding_weight: float = 1.0
+    ) -> None:
         if max_report_tokens < 2:
             raise ValueError(f"`max_report_tokens` must be >= 2, got {max_report_tokens}")
+        if finding_weight <= 0:
+            raise ValueError(f"`finding_weight` must be > 0, got {finding_weight}")
         self.tokenizer = tokenizer
         self.max_report_tokens = max_report_tokens
+        self.finding_weight = float(finding_weight)
         vocab = tokenizer.get_vocab()
         self.prompt_token_ids = frozenset(vocab[t] for t in STATE_TOKENS if t in vocab)
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise DataError("cannot collate an empty list of samples")
-        ids = [
-            encode_report(
+        encoded = [
+            encode_report_weighted(
                 self.tokenizer,
                 s["report"],
                 max_tokens=self.max_report_tokens,
                 study_id=s.get("study_id", "?"),
                 drop_ids=self.prompt_token_ids,
+                finding_weight=self.finding_weight,
             )
             for s in samples
         ]
+        ids = [x for x, _ in encoded]
         length = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
@@ -127,6 +166,11 @@ class ReportCollator:
             "states": states,
             "study_ids": [s.get("study_id", "?") for s in samples],
         }
+        if self.finding_weight != 1.0:
+            token_weights = torch.zeros((len(ids), length), dtype=torch.float32)
+            for row, (_, w) in enumerate(encoded):
+                token_weights[row, : len(w)] = torch.tensor(w, dtype=torch.float32)
+            batch["token_weights"] = token_weights
         if all("view" in s for s in samples):
             batch["views"] = torch.stack([s["view"].float() for s in samples])
         return batch

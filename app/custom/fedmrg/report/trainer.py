@@ -130,7 +130,11 @@ class LocalTrainer:
         self.model.to(self.device)
         if config.gradient_checkpointing:
             self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.collator = ReportCollator(model.tokenizer, max_report_tokens=model.config.decoder.max_report_tokens)
+        self.collator = ReportCollator(
+            model.tokenizer,
+            max_report_tokens=model.config.decoder.max_report_tokens,
+            finding_weight=model.config.losses.finding_weight,
+        )
         self.scalars = ScalarLog(tb_dir, tag_prefix=site)
         self.dp = None  # patient-level DP-SGD: the same loop with Opacus steps on Poisson batches
         if model.config.privacy.dp_sgd.enabled and config.balance_findings > 0:

@@ -45,7 +45,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return ContrastiveLoss(temperature=temperature)(z1, z2)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up over ``warmup_steps`` (at least 1), then cosine decay to 0 at ``steps``."""
     warm = max(1, warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(

@@ -43,8 +43,9 @@ class Preprocessing:
 def _model_type(path: Path) -> str:
     cfg_file = path / "config.json"
     if not path.is_dir():
-        raise ConfigError(f"backbone folder {path} does not exist (give a folder written by save_pretrained, or "
-                          f"'builtin')")
+        raise ConfigError(
+            f"backbone folder {path} does not exist (give a folder written by save_pretrained, or 'builtin')"
+        )
     if not cfg_file.is_file():
         raise ConfigError(f"{path}: no config.json; a backbone folder must come from save_pretrained")
     try:
@@ -69,8 +70,10 @@ BUILTIN_DIR = Path(__file__).parent / "builtin_backbone"
 def builtin_backbone_dir() -> Path:
     """The committed built-in backbone folder; ConfigError with the rebuild command when it is missing."""
     if not (BUILTIN_DIR / "model.safetensors").is_file():
-        raise ConfigError(f"built-in vision backbone missing in {BUILTIN_DIR}: rebuild it with "
-                          f"`python scripts/build_vision_backbone.py`")
+        raise ConfigError(
+            f"built-in vision backbone missing in {BUILTIN_DIR}: rebuild it with "
+            f"`python scripts/build_vision_backbone.py`"
+        )
     return BUILTIN_DIR
 
 
@@ -92,11 +95,20 @@ def load_vit(path: str | Path) -> tuple[torch.nn.Module, Preprocessing]:
     elif mt == "vit_mae":
         mae = ViTMAEModel.from_pretrained(str(path))
         c = mae.config
-        vit = ViTModel(ViTConfig(hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-                                 num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
-                                 image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
-                                 layer_norm_eps=c.layer_norm_eps, qkv_bias=c.qkv_bias),
-                       add_pooling_layer=False)
+        vit = ViTModel(
+            ViTConfig(
+                hidden_size=c.hidden_size,
+                num_hidden_layers=c.num_hidden_layers,
+                num_attention_heads=c.num_attention_heads,
+                intermediate_size=c.intermediate_size,
+                image_size=c.image_size,
+                patch_size=c.patch_size,
+                num_channels=c.num_channels,
+                layer_norm_eps=c.layer_norm_eps,
+                qkv_bias=c.qkv_bias,
+            ),
+            add_pooling_layer=False,
+        )
         missing, unexpected = vit.load_state_dict(mae.state_dict(), strict=False)
         if missing:
             raise ConfigError(f"{path}: vit_mae weights do not fit a ViT: missing {missing[:5]}")
@@ -138,15 +150,27 @@ def sam_from_vit(vit: torch.nn.Module, *, seed: int = 0, decoder_mlp_dim: int | 
     d, size, patch = c.hidden_size, int(c.image_size), int(c.patch_size)
     heads = 8 if d % 16 == 0 else c.num_attention_heads
     cfg = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=d, output_channels=d, num_hidden_layers=c.num_hidden_layers,
-                                      num_attention_heads=c.num_attention_heads, image_size=size, patch_size=patch,
-                                      layer_norm_eps=c.layer_norm_eps, qkv_bias=c.qkv_bias,
-                                      mlp_dim=c.intermediate_size, use_abs_pos=True, use_rel_pos=False,
-                                      window_size=0, global_attn_indexes=[], hidden_act=c.hidden_act,
-                                      num_pos_feats=d // 2),
+        vision_config=SamVisionConfig(
+            hidden_size=d,
+            output_channels=d,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            image_size=size,
+            patch_size=patch,
+            layer_norm_eps=c.layer_norm_eps,
+            qkv_bias=c.qkv_bias,
+            mlp_dim=c.intermediate_size,
+            use_abs_pos=True,
+            use_rel_pos=False,
+            window_size=0,
+            global_attn_indexes=[],
+            hidden_act=c.hidden_act,
+            num_pos_feats=d // 2,
+        ),
         prompt_encoder_config=SamPromptEncoderConfig(hidden_size=d, image_size=size, patch_size=patch),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=d, mlp_dim=decoder_mlp_dim or 4 * d,
-                                                 num_attention_heads=heads, iou_head_hidden_dim=d),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=d, mlp_dim=decoder_mlp_dim or 4 * d, num_attention_heads=heads, iou_head_hidden_dim=d
+        ),
     )
     torch.manual_seed(seed)
     sam = SamModel(cfg)
@@ -183,31 +207,61 @@ def sam_from_vit(vit: torch.nn.Module, *, seed: int = 0, decoder_mlp_dim: int | 
     return sam
 
 
-def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden: int = 32, layers: int = 2, heads: int = 2,
-             seed: int = 0) -> torch.nn.Module:
+def tiny_vit(
+    image_size: int = 32, patch_size: int = 8, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0
+) -> torch.nn.Module:
     """A small random ``ViTModel`` (no pooler) for tests."""
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(seed)
-    return ViTModel(ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                              intermediate_size=2 * hidden, image_size=image_size, patch_size=patch_size),
-                    add_pooling_layer=False)
+    return ViTModel(
+        ViTConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        add_pooling_layer=False,
+    )
 
 
-def tiny_sam(image_size: int = 32, patch_size: int = 8, hidden: int = 32, layers: int = 2, heads: int = 2,
-             decoder_hidden: int = 32, seed: int = 0) -> torch.nn.Module:
+def tiny_sam(
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    decoder_hidden: int = 32,
+    seed: int = 0,
+) -> torch.nn.Module:
     """A small random ``SamModel`` (windowed + global attention, relative positions as in SAM) for tests."""
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
     torch.manual_seed(seed)
     cfg = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=hidden, output_channels=decoder_hidden, num_hidden_layers=layers,
-                                      num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
-                                      window_size=2, global_attn_indexes=[layers - 1], mlp_dim=2 * hidden,
-                                      initializer_range=0.02, num_pos_feats=decoder_hidden // 2),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=decoder_hidden, image_size=image_size,
-                                                     patch_size=patch_size),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=decoder_hidden, mlp_dim=2 * decoder_hidden,
-                                                 num_attention_heads=4, iou_head_hidden_dim=decoder_hidden),
+        vision_config=SamVisionConfig(
+            hidden_size=hidden,
+            output_channels=decoder_hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
+            window_size=2,
+            global_attn_indexes=[layers - 1],
+            mlp_dim=2 * hidden,
+            initializer_range=0.02,
+            num_pos_feats=decoder_hidden // 2,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=decoder_hidden, image_size=image_size, patch_size=patch_size
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=decoder_hidden,
+            mlp_dim=2 * decoder_hidden,
+            num_attention_heads=4,
+            iou_head_hidden_dim=decoder_hidden,
+        ),
     )
     return SamModel(cfg)

@@ -72,10 +72,14 @@ def render_images(n: int, size: int, seed: int) -> np.ndarray:
         img = np.zeros((size, size, 3), np.float32)
         base = rng.uniform(0.1, 0.9, 3)
         for c in range(3):  # smooth colour field: a few low-frequency waves
-            f = sum(rng.uniform(-0.15, 0.15) * np.sin(2 * math.pi * (rng.uniform(0.3, 2.5) * xx * math.cos(a)
-                                                                     + rng.uniform(0.3, 2.5) * yy * math.sin(a))
-                                                      + rng.uniform(0, 6.3))
-                    for a in rng.uniform(0, math.pi, 3))
+            f = sum(
+                rng.uniform(-0.15, 0.15)
+                * np.sin(
+                    2 * math.pi * (rng.uniform(0.3, 2.5) * xx * math.cos(a) + rng.uniform(0.3, 2.5) * yy * math.sin(a))
+                    + rng.uniform(0, 6.3)
+                )
+                for a in rng.uniform(0, math.pi, 3)
+            )
             img[..., c] = base[c] + f
         for _ in range(rng.integers(1, 5)):  # textured blobs with soft edges
             cx, cy = rng.uniform(0.1, 0.9, 2)
@@ -93,7 +97,7 @@ def render_images(n: int, size: int, seed: int) -> np.ndarray:
             d = np.abs(yy - (y0 + b * np.sin(2 * math.pi * a * xx + ph)))
             if rng.random() < 0.5:
                 d = d.T
-            w = np.exp(-(d / rng.uniform(0.005, 0.02)) ** 2)
+            w = np.exp(-((d / rng.uniform(0.005, 0.02)) ** 2))
             img = img * (1 - w[..., None]) + rng.uniform(0, 1, 3)[None, None, :] * w[..., None]
         if rng.random() < 0.4:  # circular field of view (fundus / endoscope)
             r = np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
@@ -108,8 +112,7 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(images).float()
     if t.dim() == 3:
         t = t.unsqueeze(-1).expand(-1, -1, -1, 3)
-    t = torch.nn.functional.interpolate(t.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                                        align_corners=False)
+    t = torch.nn.functional.interpolate(t.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False)
     return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -137,8 +140,11 @@ def pretraining_images(data_root: Path, recipe: dict[str, Any]) -> tuple[np.ndar
         sources[f"medmnist/{name}:train_images"] = {"count": int(len(imgs)), "sha256": sha256(path)}
     rendered = render_images(recipe["num_rendered"], s, recipe["seed"])
     parts.append(rendered)
-    sources["rendered"] = {"count": int(len(rendered)), "seed": recipe["seed"],
-                           "sha256": hashlib.sha256(rendered.tobytes()).hexdigest()}
+    sources["rendered"] = {
+        "count": int(len(rendered)),
+        "seed": recipe["seed"],
+        "sha256": hashlib.sha256(rendered.tobytes()).hexdigest(),
+    }
     return np.concatenate(parts), sources
 
 
@@ -220,8 +226,12 @@ def save_backbone(vit: torch.nn.Module, out_dir: Path, info: dict[str, Any]) -> 
     """Write the ViT folder (``save_pretrained``), ``preprocessor_config.json`` and ``build_info.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vit.save_pretrained(str(out_dir))
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": vit.config.image_size}, indent=1) + "\n")
+    (out_dir / "preprocessor_config.json").write_text(
+        json.dumps(
+            {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": vit.config.image_size}, indent=1
+        )
+        + "\n"
+    )
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
@@ -232,7 +242,7 @@ def vit_features(vit: torch.nn.Module, images: np.ndarray, batch: int = 256) -> 
     vit.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+        x = torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
         out.append(cls_and_mean_patch(vit, x).numpy())
     return np.concatenate(out)
 
@@ -288,8 +298,16 @@ def _ham_probe_data(data_root: Path, size: int, limit: int = 3000) -> tuple[np.n
     with meta.open(newline="", encoding="utf-8") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["image_id"])
     rows = [r for r in rows if (data_root / "ham10000" / "images" / f"{r['image_id']}.jpg").is_file()][:limit]
-    imgs = np.stack([np.asarray(Image.open(data_root / "ham10000" / "images" / f"{r['image_id']}.jpg")
-                                .convert("RGB").resize((size, size), Image.BILINEAR)) for r in rows])
+    imgs = np.stack(
+        [
+            np.asarray(
+                Image.open(data_root / "ham10000" / "images" / f"{r['image_id']}.jpg")
+                .convert("RGB")
+                .resize((size, size), Image.BILINEAR)
+            )
+            for r in rows
+        ]
+    )
     y = np.array([int(r["dx"] == "mel") for r in rows])
     train = np.array([zlib.crc32(r["lesion_id"].encode()) % 10 < 7 for r in rows])
     return imgs, y, train
@@ -324,9 +342,11 @@ def run_probes(backbone_dir: Path, data_root: Path) -> dict[str, Any]:
         out[name] = {task: probe_scores(*truth[task], p) for task, p in by_task.items()}
     out["builtin_minus_random"] = {task: paired_auc_gain(y, probs["builtin"][task], probs["random_init"][task])
                                    for task, (_, y) in truth.items()}  # fmt: skip
-    out["protocol"] = ("frozen features (CLS + mean patch), StandardScaler + LogisticRegression(C=0.1); RetinaMNIST "
-                       f"train {len(rtr)} -> val {len(rva)}; HAM10000 melanoma vs rest, {int(h_tr.sum())} train / "
-                       f"{int((~h_tr).sum())} test images, split by lesion_id")
+    out["protocol"] = (
+        "frozen features (CLS + mean patch), StandardScaler + LogisticRegression(C=0.1); RetinaMNIST "
+        f"train {len(rtr)} -> val {len(rva)}; HAM10000 melanoma vs rest, {int(h_tr.sum())} train / "
+        f"{int((~h_tr).sum())} test images, split by lesion_id"
+    )
     return out
 
 
@@ -358,31 +378,54 @@ def render_model_card(info: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for name, s in info["sources"].items():
-        lic = ("CC BY 4.0 - MedMNIST v2 (Yang et al., Scientific Data 2023); RetinaMNIST from DeepDRiD, BreastMNIST "
-               "from Al-Dhabyani et al. 2020" if name.startswith("medmnist") else "rendered by this project (no licence "
-               "constraint)")
+        lic = (
+            "CC BY 4.0 - MedMNIST v2 (Yang et al., Scientific Data 2023); RetinaMNIST from DeepDRiD, BreastMNIST "
+            "from Al-Dhabyani et al. 2020"
+            if name.startswith("medmnist")
+            else "rendered by this project (no licence constraint)"
+        )
         lines.append(f"| `{name}` (sha256 `{s['sha256'][:16]}...`) | {s['count']} | {lic} |")
-    lines += ["", "HAM10000 (CC BY-NC 4.0) and Kvasir-SEG (research and education only) are not used for pretraining: "
-              "their licences do not allow shipping derived weights in a production application.", ""]
+    lines += [
+        "",
+        "HAM10000 (CC BY-NC 4.0) and Kvasir-SEG (research and education only) are not used for pretraining: "
+        "their licences do not allow shipping derived weights in a production application.",
+        "",
+    ]
     log = info.get("loss_log") or []
     if log:
-        lines += [f"NT-Xent loss: {log[0]['loss']} at step {log[0]['step']} -> {log[-1]['loss']} at step {log[-1]['step']}.",
-                  ""]
+        lines += [
+            f"NT-Xent loss: {log[0]['loss']} at step {log[0]['step']} -> {log[-1]['loss']} at step {log[-1]['step']}.",
+            "",
+        ]
     probe = info.get("linear_probe")
     if probe:
-        lines += ["## Is it worth freezing? Linear probe", "", probe["protocol"], "",
-                  "| backbone | RetinaMNIST acc | RetinaMNIST AUC | HAM10000 melanoma acc | HAM10000 melanoma AUC |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Is it worth freezing? Linear probe",
+            "",
+            probe["protocol"],
+            "",
+            "| backbone | RetinaMNIST acc | RetinaMNIST AUC | HAM10000 melanoma acc | HAM10000 melanoma AUC |",
+            "|---|---|---|---|---|",
+        ]
         for name in ("builtin", "random_init"):
             p = probe[name]
-            lines.append(f"| {name} | {p['retinamnist_val']['accuracy']:.3f} | {p['retinamnist_val']['auc']:.3f} | "
-                         f"{p['ham10000_melanoma']['accuracy']:.3f} | {p['ham10000_melanoma']['auc']:.3f} |")
+            lines.append(
+                f"| {name} | {p['retinamnist_val']['accuracy']:.3f} | {p['retinamnist_val']['auc']:.3f} | "
+                f"{p['ham10000_melanoma']['accuracy']:.3f} | {p['ham10000_melanoma']['auc']:.3f} |"
+            )
         lines.append("")
         for task, gain in probe.get("builtin_minus_random", {}).items():
             lo, hi = gain["ci95"]
-            lines.append(f"- {task}: AUC built-in - random {gain['auc_gain']:+.3f} (95 % paired bootstrap interval "
-                         f"{lo:+.3f} to {hi:+.3f})")
+            lines.append(
+                f"- {task}: AUC built-in - random {gain['auc_gain']:+.3f} (95 % paired bootstrap interval "
+                f"{lo:+.3f} to {hi:+.3f})"
+            )
         lines.append("")
-    lines += ["## Limits", "", "Small and briefly trained on low-resolution images: a starting point that runs on a CPU, "
-              "not a foundation model. Give a real checkpoint (`--backbone DIR`) when you have one.", ""]
+    lines += [
+        "## Limits",
+        "",
+        "Small and briefly trained on low-resolution images: a starting point that runs on a CPU, "
+        "not a foundation model. Give a real checkpoint (`--backbone DIR`) when you have one.",
+        "",
+    ]
     return "\n".join(lines)

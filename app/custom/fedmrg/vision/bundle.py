@@ -35,8 +35,7 @@ def build_model(cfg: VisionConfig, backbone_dir: str | Path | None = None) -> tu
     method = cfg.model_method
     if method == "cnn":
         torch.manual_seed(cfg.seed)
-        model: VisionModel = (CNNClassifier(len(CLASS_NAMES[cfg.task])) if kind == "classification"
-                              else CNNSegmenter())
+        model: VisionModel = CNNClassifier(len(CLASS_NAMES[cfg.task])) if kind == "classification" else CNNSegmenter()
         return model, Preprocessing(cfg.cnn_image_size)
     bdir = Path(backbone_dir) if backbone_dir else resolve_backbone_dir(cfg.backbone, kind)
     if kind == "classification":
@@ -70,8 +69,10 @@ def set_state(model: VisionModel, state: State) -> None:
         if n not in sd:
             raise ConfigError(f"shared state key {n!r} is not part of this model (another method or backbone?)")
         if tuple(sd[n].shape) != tuple(v.shape):
-            raise ConfigError(f"shared state `{n}` has shape {tuple(v.shape)}, the model {tuple(sd[n].shape)}: "
-                              f"the participants use different backbones or settings")
+            raise ConfigError(
+                f"shared state `{n}` has shape {tuple(v.shape)}, the model {tuple(sd[n].shape)}: "
+                f"the participants use different backbones or settings"
+            )
         sd[n].copy_(torch.from_numpy(np.asarray(v)))
 
 
@@ -116,8 +117,13 @@ def save_model_dir(out: str | Path, cfg: VisionConfig, state: State, extra: dict
         else:
             backbone = str(bdir.resolve())
     save_state(out / STATE_FILE, state)
-    info = {"config": cfg.to_dict(), "kind": kind, "class_names": CLASS_NAMES.get(cfg.task, []),
-            "backbone_dir": backbone, **(extra or {})}
+    info = {
+        "config": cfg.to_dict(),
+        "kind": kind,
+        "class_names": CLASS_NAMES.get(cfg.task, []),
+        "backbone_dir": backbone,
+        **(extra or {}),
+    }
     (out / MODEL_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return out
 
@@ -126,8 +132,10 @@ def load_model_dir(path: str | Path) -> tuple[VisionModel, Preprocessing, dict[s
     """A model folder -> ``(model in eval mode, preprocessing, info)``; ConfigError naming the folder if incomplete."""
     path = Path(path)
     if not (path / MODEL_FILE).is_file() or not (path / STATE_FILE).is_file():
-        raise ConfigError(f"{path}: not a vision model folder (needs {MODEL_FILE} and {STATE_FILE}; "
-                          f"`fedmrg vision demo --out D` writes D/model/)")
+        raise ConfigError(
+            f"{path}: not a vision model folder (needs {MODEL_FILE} and {STATE_FILE}; "
+            f"`fedmrg vision demo --out D` writes D/model/)"
+        )
     info = json.loads((path / MODEL_FILE).read_text(encoding="utf-8"))
     cfg = load_vision_config(info["config"], source=str(path / MODEL_FILE))
     b = info.get("backbone_dir", "cnn")

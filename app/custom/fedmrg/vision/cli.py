@@ -28,8 +28,12 @@ METHODS = ("prompt_gen", "vpt", "full_ft", "cnn", "local", "centralized")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("vision", help="federated visual prompt generation (classification, segmentation)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "vision",
+        help="federated visual prompt generation (classification, segmentation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="vision_command", metavar="SUBCOMMAND")
     d = sub.add_parser("demo", help="run a vision task's job in the FLARE simulator; model in OUT/model")
     d.add_argument("--task", required=True, choices=TASKS)
@@ -67,8 +71,15 @@ def demo_learner_args(args: argparse.Namespace) -> dict:
     base = dict(DEFAULT_ARGS["segmentation" if seg else "classification"])
     task = args.task if args.data_root else ("synthetic_seg" if seg else "synthetic_cls")
     sites = 1 if args.method == "centralized" else args.sites
-    base.update(task=task, method=args.method, backbone=args.backbone, num_sites=sites, seed=args.seed,
-                data_fraction=args.data_fraction, eval_max_images=args.eval_max_images)
+    base.update(
+        task=task,
+        method=args.method,
+        backbone=args.backbone,
+        num_sites=sites,
+        seed=args.seed,
+        data_fraction=args.data_fraction,
+        eval_max_images=args.eval_max_images,
+    )
     if args.rounds:
         base["rounds"] = args.rounds
     if args.local_steps:
@@ -101,8 +112,11 @@ def _demo(args: argparse.Namespace) -> int:
     ws = out / "workspace"
     cmd = simulator_command(job, ws, sites=cfg.num_sites)
     t0 = time.time()
-    print(f"fedmrg vision demo: task {cfg.task}, method {cfg.method}, {cfg.num_sites} site(s), {cfg.rounds} rounds "
-          f"x {cfg.local_steps} steps; log {out / 'simulator.log'}", flush=True)
+    print(
+        f"fedmrg vision demo: task {cfg.task}, method {cfg.method}, {cfg.num_sites} site(s), {cfg.rounds} rounds "
+        f"x {cfg.local_steps} steps; log {out / 'simulator.log'}",
+        flush=True,
+    )
     with (out / "simulator.log").open("w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout).returncode

@@ -73,8 +73,16 @@ class VisionConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts", "generator_heads", "num_sites", "rounds", "local_steps", "batch_size",
-                     "synthetic_samples", "cnn_image_size"):
+        for name in (
+            "num_prompts",
+            "generator_heads",
+            "num_sites",
+            "rounds",
+            "local_steps",
+            "batch_size",
+            "synthetic_samples",
+            "cnn_image_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 < self.data_fraction <= 1:
@@ -82,8 +90,10 @@ class VisionConfig:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {self.val_fraction}")
         if self.method == "centralized" and self.num_sites != 1:
-            raise ValueError("`method` centralized pools all training data at one site: set `num_sites` to 1 and "
-                             "run the job with one site")
+            raise ValueError(
+                "`method` centralized pools all training data at one site: set `num_sites` to 1 and "
+                "run the job with one site"
+            )
 
     @property
     def model_method(self) -> str:

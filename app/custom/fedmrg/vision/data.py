@@ -35,10 +35,19 @@ from fedmrg.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: documented conversions applied while loading, counted per kind (e.g. ``"grayscale_to_rgb"``)
 CONVERSIONS: Counter[str] = Counter()
-TASK_KINDS = {"retina": "classification", "melanoma": "classification", "polyp": "segmentation",
-              "prostate": "segmentation", "synthetic_cls": "classification", "synthetic_seg": "segmentation"}
-CLASS_NAMES = {"retina": ["grade0", "grade1", "grade2", "grade3", "grade4"], "melanoma": ["rest", "melanoma"],
-               "synthetic_cls": ["plain", "striped"]}
+TASK_KINDS = {
+    "retina": "classification",
+    "melanoma": "classification",
+    "polyp": "segmentation",
+    "prostate": "segmentation",
+    "synthetic_cls": "classification",
+    "synthetic_seg": "segmentation",
+}
+CLASS_NAMES = {
+    "retina": ["grade0", "grade1", "grade2", "grade3", "grade4"],
+    "melanoma": ["rest", "melanoma"],
+    "synthetic_cls": ["plain", "striped"],
+}
 
 
 @dataclass
@@ -72,8 +81,10 @@ def load_rgb(image: str | np.ndarray) -> np.ndarray:
         CONVERSIONS["grayscale_to_rgb"] += 1
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise DataError(f"image {getattr(image, 'name', image) if not isinstance(image, np.ndarray) else ''} has "
-                        f"shape {arr.shape}, expected (H, W) or (H, W, 3)")
+        raise DataError(
+            f"image {getattr(image, 'name', image) if not isinstance(image, np.ndarray) else ''} has "
+            f"shape {arr.shape}, expected (H, W) or (H, W, 3)"
+        )
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
@@ -93,8 +104,10 @@ def load_mask(mask: str | np.ndarray, shape: tuple[int, int], image_name: str) -
     if arr.ndim == 3:
         arr = arr[..., 0]
     if tuple(arr.shape) != tuple(shape):
-        raise DataError(f"mask {mask if isinstance(mask, str) else ''} of {image_name} is {arr.shape[1]}x"
-                        f"{arr.shape[0]} px, its image {shape[1]}x{shape[0]} px: masks must have the image's size")
+        raise DataError(
+            f"mask {mask if isinstance(mask, str) else ''} of {image_name} is {arr.shape[1]}x"
+            f"{arr.shape[0]} px, its image {shape[1]}x{shape[0]} px: masks must have the image's size"
+        )
     return arr.astype(bool)
 
 
@@ -116,8 +129,9 @@ def read_npz(path: str | Path, split: str, prefix: str = "retinamnist") -> list[
         if f"{split}_images" not in d.files or f"{split}_labels" not in d.files:
             raise DataError(f"{f}: no `{split}_images` / `{split}_labels` arrays (has {sorted(d.files)})")
         imgs, labels = d[f"{split}_images"], d[f"{split}_labels"].reshape(-1)
-    return [Sample(f"{f.stem}_{split}_{i:05d}", imgs[i], int(labels[i]), group=f"{split}_{i}")
-            for i in range(len(imgs))]
+    return [
+        Sample(f"{f.stem}_{split}_{i:05d}", imgs[i], int(labels[i]), group=f"{split}_{i}") for i in range(len(imgs))
+    ]
 
 
 def read_ham10000(root: str | Path) -> list[Sample]:
@@ -176,7 +190,9 @@ def read_image_csv_folder(root: str | Path, class_names: list[str]) -> list[Samp
         lab = r["label"].strip()
         idx = class_names.index(lab) if lab in class_names else int(lab) if lab.isdigit() else -1
         if not 0 <= idx < len(class_names):
-            raise DataError(f"{csv_path}: label {lab!r} of {r['image']} is not one of {class_names} or 0..{len(class_names) - 1}")
+            raise DataError(
+                f"{csv_path}: label {lab!r} of {r['image']} is not one of {class_names} or 0..{len(class_names) - 1}"
+            )
         img = root / r["image"]
         if not img.is_file():
             img = root / "images" / r["image"]
@@ -320,5 +336,6 @@ def check_classes(samples: list[Sample], class_names: list[str], source: str) ->
         raise DataError(f"{source}: labels {bad} outside 0..{len(class_names) - 1}")
     empty = [c for i, c in enumerate(class_names) if counts.get(i, 0) == 0]
     if empty:
-        raise DataError(f"{source}: class(es) {empty} have no example; every class needs training images "
-                        f"(or drop the class)")
+        raise DataError(
+            f"{source}: class(es) {empty} have no example; every class needs training images (or drop the class)"
+        )

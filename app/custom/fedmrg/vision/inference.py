@@ -36,7 +36,7 @@ from fedmrg.vision.metrics import classification_metrics, segmentation_metrics
 def _logits(model, pre, samples: list[Sample], kind: str, batch: int = 32) -> torch.Tensor:
     outs = []
     for i in range(0, len(samples), batch):
-        chunk = samples[i:i + batch]
+        chunk = samples[i : i + batch]
         if kind == "segmentation":  # masks not needed for the forward pass
             chunk = [Sample(s.name, s.image, mask=np.zeros((1, 1), bool)) for s in chunk]
             x = _pixels(chunk, pre)
@@ -76,8 +76,9 @@ def predict_folder(model_dir: str | Path, images: str | Path, out: str | Path, o
     samples = [Sample(p.stem, str(p)) for p in paths]
     if kind == "classification":
         names = info["class_names"]
-        probs = torch.softmax(torch.cat([_logits(model, pre, samples[i:i + 64], kind)
-                                         for i in range(0, len(samples), 64)]), 1).numpy()
+        probs = torch.softmax(
+            torch.cat([_logits(model, pre, samples[i : i + 64], kind) for i in range(0, len(samples), 64)]), 1
+        ).numpy()
         with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["image", "prediction", *[f"p_{c}" for c in names]])
@@ -120,7 +121,7 @@ def evaluate_path(model_dir: str | Path, data: str | Path, max_images: int = 0) 
         else:
             samples, source = read_image_csv_folder(data, info["class_names"]), str(data)
         samples = samples[:max_images] if max_images else samples
-        logits = torch.cat([_logits(model, pre, samples[i:i + 64], kind) for i in range(0, len(samples), 64)])
+        logits = torch.cat([_logits(model, pre, samples[i : i + 64], kind) for i in range(0, len(samples), 64)])
         labels = np.array([s.label for s in samples])
         m = classification_metrics(torch.softmax(logits, 1).numpy(), labels)
     else:
@@ -133,10 +134,19 @@ def evaluate_path(model_dir: str | Path, data: str | Path, max_images: int = 0) 
             logit = _resize_logits(_logits(model, pre, [Sample(s.name, img)], kind)[0], img.shape[:2])
             per.append(segmentation_metrics(logit[None], torch.from_numpy(ref)[None, None].float()))
         hds = [p["hd95"] for p in per if np.isfinite(p["hd95"])]
-        m = {"dice": float(np.mean([p["dice"] for p in per])), "hd95": float(np.mean(hds)) if hds else float("nan"),
-             "hd95_n": float(len(hds))}
-    return {"data": source, "images": len(samples), "task": info["config"]["task"],
-            "method": info["config"]["method"], "metrics": m, "conversions": dict(CONVERSIONS)}
+        m = {
+            "dice": float(np.mean([p["dice"] for p in per])),
+            "hd95": float(np.mean(hds)) if hds else float("nan"),
+            "hd95_n": float(len(hds)),
+        }
+    return {
+        "data": source,
+        "images": len(samples),
+        "task": info["config"]["task"],
+        "method": info["config"]["method"],
+        "metrics": m,
+        "conversions": dict(CONVERSIONS),
+    }
 
 
 def write_json(path: str | Path, obj: Any) -> None:

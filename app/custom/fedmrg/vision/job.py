@@ -21,15 +21,34 @@ from fedmrg.vision.data import TASK_KINDS
 
 LEARNER = "fedmrg.vision.learner.VisionLearner"
 DEFAULT_ARGS = {
-    "classification": {"task": "synthetic_cls", "method": "prompt_gen", "backbone": "builtin", "num_sites": 3,
-                       "rounds": 8, "local_steps": 15, "batch_size": 32},
-    "segmentation": {"task": "synthetic_seg", "method": "prompt_gen", "backbone": "builtin", "num_sites": 3,
-                     "rounds": 8, "local_steps": 15, "batch_size": 16},
+    "classification": {
+        "task": "synthetic_cls",
+        "method": "prompt_gen",
+        "backbone": "builtin",
+        "num_sites": 3,
+        "rounds": 8,
+        "local_steps": 15,
+        "batch_size": 32,
+    },
+    "segmentation": {
+        "task": "synthetic_seg",
+        "method": "prompt_gen",
+        "backbone": "builtin",
+        "num_sites": 3,
+        "rounds": 8,
+        "local_steps": 15,
+        "batch_size": 16,
+    },
 }
 
 
-def job_configs(learner_args: dict[str, Any], *, data_root_template: str = "", min_clients: int | None = None,
-                test_split: str = "test") -> tuple[dict, dict, dict]:
+def job_configs(
+    learner_args: dict[str, Any],
+    *,
+    data_root_template: str = "",
+    min_clients: int | None = None,
+    test_split: str = "test",
+) -> tuple[dict, dict, dict]:
     """``(meta, config_fed_server, config_fed_client)`` for a vision run with ``learner_args`` (checked)."""
     cfg = load_vision_config(dict(learner_args), source="job learner_args")
     kind = TASK_KINDS[cfg.task]
@@ -41,16 +60,46 @@ def job_configs(learner_args: dict[str, Any], *, data_root_template: str = "", m
     meter = {"path": "fedmrg.fl.wire_bytes_meter.WireBytesMeter", "args": {}}
     client = {
         "format_version": 2,
-        "executors": [{"tasks": ["train", "validate", "submit_model"], "executor": {
-            "id": "executor", "path": "fedmrg.fl.shared_state_executor.SharedStateExecutor",
-            "args": {"learner_path": LEARNER, "learner_args": dict(learner_args),
-                     "data_root_template": data_root_template, "private_dir": "", "validate_before_train": True,
-                     "val_split": "val", "test_split": test_split, "personalized": True}}}],
+        "executors": [
+            {
+                "tasks": ["train", "validate", "submit_model"],
+                "executor": {
+                    "id": "executor",
+                    "path": "fedmrg.fl.shared_state_executor.SharedStateExecutor",
+                    "args": {
+                        "learner_path": LEARNER,
+                        "learner_args": dict(learner_args),
+                        "data_root_template": data_root_template,
+                        "private_dir": "",
+                        "validate_before_train": True,
+                        "val_split": "val",
+                        "test_split": test_split,
+                        "personalized": True,
+                    },
+                },
+            }
+        ],
         "task_data_filters": [],
-        "task_result_filters": [{"tasks": ["train", "submit_model"], "filters": [{
-            "path": "fedmrg.privacy.site_dp_filter.SiteDPFilter",
-            "args": {"enabled": False, "clip_norm": 1.0, "noise_multiplier": 1.0, "participation_rate": 1.0,
-                     "delta": 1e-05, "max_epsilon": None, "accountant": "rdp", "ledger_path": ""}}]}],
+        "task_result_filters": [
+            {
+                "tasks": ["train", "submit_model"],
+                "filters": [
+                    {
+                        "path": "fedmrg.privacy.site_dp_filter.SiteDPFilter",
+                        "args": {
+                            "enabled": False,
+                            "clip_norm": 1.0,
+                            "noise_multiplier": 1.0,
+                            "participation_rate": 1.0,
+                            "delta": 1e-05,
+                            "max_epsilon": None,
+                            "accountant": "rdp",
+                            "ledger_path": "",
+                        },
+                    }
+                ],
+            }
+        ],
         "components": [],
     }
     server = {
@@ -58,28 +107,60 @@ def job_configs(learner_args: dict[str, Any], *, data_root_template: str = "", m
         "task_data_filters": [{"tasks": ["train", "validate", "submit_model"], "filters": [meter]}],
         "task_result_filters": [{"tasks": ["train", "validate", "submit_model"], "filters": [meter]}],
         "components": [
-            {"id": "persistor", "path": "fedmrg.fl.shared_state_persistor.SharedStatePersistor",
-             "args": {"learner_path": LEARNER, "learner_args": dict(learner_args), "state_dir": "", "resume": True}},
-            {"id": "shareable_generator", "path": "nvflare.app_common.shareablegenerators."
-             "full_model_shareable_generator.FullModelShareableGenerator", "args": {}},
-            {"id": "aggregator", "path": "fedmrg.fl.finite_update_aggregator.FiniteUpdateAggregator",
-             "args": {"expected_data_kind": "WEIGHT_DIFF"}},
-            {"id": "model_selector", "path": "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector",
-             "args": {"key_metric": key_metric}},
-            {"id": "model_locator", "path": "fedmrg.fl.shared_state_model_locator.SharedStateModelLocator",
-             "args": {"persistor_id": "persistor", "models": ["FL_global_model"]}},
-            {"id": "run_summary", "path": "fedmrg.fl.run_summary.RunSummary",
-             "args": {"output_dir": "summary", "tb_folder": "tb_events"}},
+            {
+                "id": "persistor",
+                "path": "fedmrg.fl.shared_state_persistor.SharedStatePersistor",
+                "args": {"learner_path": LEARNER, "learner_args": dict(learner_args), "state_dir": "", "resume": True},
+            },
+            {
+                "id": "shareable_generator",
+                "path": "nvflare.app_common.shareablegenerators."
+                "full_model_shareable_generator.FullModelShareableGenerator",
+                "args": {},
+            },
+            {
+                "id": "aggregator",
+                "path": "fedmrg.fl.finite_update_aggregator.FiniteUpdateAggregator",
+                "args": {"expected_data_kind": "WEIGHT_DIFF"},
+            },
+            {
+                "id": "model_selector",
+                "path": "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector",
+                "args": {"key_metric": key_metric},
+            },
+            {
+                "id": "model_locator",
+                "path": "fedmrg.fl.shared_state_model_locator.SharedStateModelLocator",
+                "args": {"persistor_id": "persistor", "models": ["FL_global_model"]},
+            },
+            {
+                "id": "run_summary",
+                "path": "fedmrg.fl.run_summary.RunSummary",
+                "args": {"output_dir": "summary", "tb_folder": "tb_events"},
+            },
         ],
         "workflows": [
-            {"id": "scatter_and_gather", "path": "fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather",
-             "args": {"min_clients": min_clients, "num_rounds": cfg.rounds, "start_round": 0,
-                      "wait_time_after_min_received": 10, "aggregator_id": "aggregator", "persistor_id": "persistor",
-                      "shareable_generator_id": "shareable_generator", "train_task_name": "train",
-                      "train_timeout": 0, "evaluation_sites": []}},
-            {"id": "cross_site_validate", "path": "nvflare.app_common.workflows.cross_site_model_eval."
-             "CrossSiteModelEval", "args": {"model_locator_id": "model_locator", "submit_model_timeout": 600,
-                                             "validation_timeout": 600}},
+            {
+                "id": "scatter_and_gather",
+                "path": "fedmrg.fl.resumable_scatter_and_gather.ResumableScatterAndGather",
+                "args": {
+                    "min_clients": min_clients,
+                    "num_rounds": cfg.rounds,
+                    "start_round": 0,
+                    "wait_time_after_min_received": 10,
+                    "aggregator_id": "aggregator",
+                    "persistor_id": "persistor",
+                    "shareable_generator_id": "shareable_generator",
+                    "train_task_name": "train",
+                    "train_timeout": 0,
+                    "evaluation_sites": [],
+                },
+            },
+            {
+                "id": "cross_site_validate",
+                "path": "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
+                "args": {"model_locator_id": "model_locator", "submit_model_timeout": 600, "validation_timeout": 600},
+            },
         ],
     }
     return meta, server, client

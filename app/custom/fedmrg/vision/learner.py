@@ -62,9 +62,11 @@ class VisionLearner:
     # -- life cycle ------------------------------------------------------------------------------------------------
     def setup(self, site_name: str, workspace_dir: str, config: SiteConfig) -> None:
         if config.requires_dp_sgd:
-            raise ConfigError(f"{config.where('dp_sgd')}: site {site_name!r} requires DP-SGD, which the vision "
-                              f"learner does not implement; remove `dp_sgd` for vision jobs or use the site-level "
-                              f"DP filter (SiteDPFilter) of the job")
+            raise ConfigError(
+                f"{config.where('dp_sgd')}: site {site_name!r} requires DP-SGD, which the vision "
+                f"learner does not implement; remove `dp_sgd` for vision jobs or use the site-level "
+                f"DP filter (SiteDPFilter) of the job"
+            )
         threads = config.torch_threads if config.torch_threads is not None else self.cfg.torch_threads
         if threads:
             torch.set_num_threads(threads)
@@ -75,8 +77,12 @@ class VisionLearner:
         idx = site_index(site_name, self.cfg.num_sites)
         splits = site_splits(self.cfg, config.data_root, idx)
         self.data = {k: to_tensors(v, self.pre, self.kind) for k, v in splits.items()}
-        info = {"site": site_name, "sizes": {k: len(v) for k, v in splits.items()}, "conversions": dict(CONVERSIONS),
-                **self.model.share_report()}
+        info = {
+            "site": site_name,
+            "sizes": {k: len(v) for k, v in splits.items()},
+            "conversions": dict(CONVERSIONS),
+            **self.model.share_report(),
+        }
         if self.kind == "classification":
             info["train_class_counts"] = np.bincount(self.data["train"]["labels"].numpy()).tolist()
         Path(workspace_dir).mkdir(parents=True, exist_ok=True)
@@ -99,7 +105,7 @@ class VisionLearner:
         while True:
             perm = torch.randperm(n, generator=self._gen)
             for i in range(0, n, self.cfg.batch_size):
-                idx = perm[i:i + self.cfg.batch_size]
+                idx = perm[i : i + self.cfg.batch_size]
                 if len(idx) < min(self.cfg.batch_size, n):
                     break
                 yield {k: v[idx] for k, v in data.items()}
@@ -113,14 +119,29 @@ class VisionLearner:
             set_state(self.model, global_state)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        step = AdamWStep(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay, max_grad_norm=1.0,
-                         device_type=self.device.type)
-        schedule = CosineSchedule(rounds=self.cfg.rounds, steps_per_round=self.cfg.local_steps,
-                                  warmup=min(10, self.cfg.local_steps), min_ratio=0.05)
-        metrics = run_round(self.model, [Phase("train", self._loss, step)], self._batches(),
-                            n_steps=self.cfg.local_steps, device=self.device, schedule=schedule,
-                            first_step=schedule.first_step(min(round_num, self.cfg.rounds - 1)),
-                            who=f"vision site {self.site_name!r} round {round_num}")
+        step = AdamWStep(
+            params,
+            lr=self.cfg.learning_rate,
+            weight_decay=self.cfg.weight_decay,
+            max_grad_norm=1.0,
+            device_type=self.device.type,
+        )
+        schedule = CosineSchedule(
+            rounds=self.cfg.rounds,
+            steps_per_round=self.cfg.local_steps,
+            warmup=min(10, self.cfg.local_steps),
+            min_ratio=0.05,
+        )
+        metrics = run_round(
+            self.model,
+            [Phase("train", self._loss, step)],
+            self._batches(),
+            n_steps=self.cfg.local_steps,
+            device=self.device,
+            schedule=schedule,
+            first_step=schedule.first_step(min(round_num, self.cfg.rounds - 1)),
+            who=f"vision site {self.site_name!r} round {round_num}",
+        )
         self.model.eval()
         state = get_state(self.model, self._names)
         if self.cfg.method == "local":
@@ -134,8 +155,10 @@ class VisionLearner:
     def predict(self, pixel_values: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """Logits of ``(n, 3, S, S)`` images in batches (model in eval mode)."""
         self.model.eval()
-        outs = [self.model(pixel_values[i:i + batch].to(self.device)).float().cpu()
-                for i in range(0, len(pixel_values), batch)]
+        outs = [
+            self.model(pixel_values[i : i + batch].to(self.device)).float().cpu()
+            for i in range(0, len(pixel_values), batch)
+        ]
         return torch.cat(outs)
 
     def validate(self, global_state: State, *, personalized: bool, split: str) -> dict[str, float]:

@@ -38,7 +38,6 @@ def segmentation_metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str,
     valid = (pred.flatten(1).sum(1) > 0) & (masks.flatten(1).sum(1) > 0)
     hd = float("nan")
     if valid.any():
-        h = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred[valid],
-                                                                                              masks[valid])
+        h = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred[valid], masks[valid])
         hd = float(torch.nanmean(h))
     return {"dice": float(dice.nanmean()), "hd95": hd, "hd95_n": float(valid.sum())}

@@ -72,8 +72,11 @@ class VisionModel(nn.Module):
         """``trained_params``, ``backbone_params`` and ``trained_share`` (trained / backbone parameters)."""
         trained = sum(p.numel() for p in self.parameters() if p.requires_grad)
         backbone = sum(p.numel() for p in self.backbone.parameters())
-        return {"trained_params": float(trained), "backbone_params": float(backbone),
-                "trained_share": trained / backbone if backbone else float("nan")}
+        return {
+            "trained_params": float(trained),
+            "backbone_params": float(backbone),
+            "trained_share": trained / backbone if backbone else float("nan"),
+        }
 
 
 class PromptedViTClassifier(VisionModel):
@@ -89,8 +92,14 @@ class PromptedViTClassifier(VisionModel):
     ``forward(pixel_values (B, 3, H, W) float) -> logits (B, C)``.
     """
 
-    def __init__(self, vit: nn.Module, num_classes: int, method: str = "prompt_gen", num_prompts: int = 8,
-                 generator_heads: int = 4) -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        num_classes: int,
+        method: str = "prompt_gen",
+        num_prompts: int = 8,
+        generator_heads: int = 4,
+    ) -> None:
         super().__init__()
         if method == "cnn":
             raise ValueError("method `cnn` has no ViT backbone; use CNNClassifier")
@@ -110,8 +119,10 @@ class PromptedViTClassifier(VisionModel):
         cls = emb.cls_token.expand(patches.shape[0], -1, -1)
         x = torch.cat([cls, patches], dim=1)
         if x.shape[1] != emb.position_embeddings.shape[1]:
-            raise ValueError(f"image gives {x.shape[1] - 1} patches, the backbone expects "
-                             f"{emb.position_embeddings.shape[1] - 1}: resize images to {self.backbone.config.image_size}")
+            raise ValueError(
+                f"image gives {x.shape[1] - 1} patches, the backbone expects "
+                f"{emb.position_embeddings.shape[1] - 1}: resize images to {self.backbone.config.image_size}"
+            )
         return emb.dropout(x + emb.position_embeddings)
 
     def prompts(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
@@ -147,8 +158,9 @@ class PromptedSamSegmenter(VisionModel):
     ``h = H / patch``, upsampled bilinearly).
     """
 
-    def __init__(self, sam: nn.Module, method: str = "prompt_gen", num_prompts: int = 8,
-                 generator_heads: int = 4) -> None:
+    def __init__(
+        self, sam: nn.Module, method: str = "prompt_gen", num_prompts: int = 8, generator_heads: int = 4
+    ) -> None:
         super().__init__()
         if method == "cnn":
             raise ValueError("method `cnn` has no SAM backbone; use CNNSegmenter")
@@ -199,9 +211,13 @@ class PromptedSamSegmenter(VisionModel):
         sparse = self.prompter(patches).unsqueeze(1) if self.prompter is not None else None
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
         pos = sam.get_image_wide_positional_embeddings().expand(b, -1, -1, -1)
-        masks, _ = sam.mask_decoder(image_embeddings=image_embeddings, image_positional_embeddings=pos,
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                    multimask_output=False)
+        masks, _ = sam.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_positional_embeddings=pos,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         logits = masks[:, 0]  # (B, 1, 4h, 4w)
         return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -220,8 +236,14 @@ class CNNClassifier(VisionModel):
         if arch == "densenet121":
             self.backbone = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
         elif arch == "densenet_small":
-            self.backbone = DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
-                                     init_features=32, growth_rate=16, block_config=(4, 8, 12))
+            self.backbone = DenseNet(
+                spatial_dims=2,
+                in_channels=in_channels,
+                out_channels=num_classes,
+                init_features=32,
+                growth_rate=16,
+                block_config=(4, 8, 12),
+            )
         else:
             raise ValueError(f"unknown CNN `arch` {arch!r}; choose densenet121 or densenet_small")
         self.method = "cnn"
@@ -238,8 +260,14 @@ class CNNSegmenter(VisionModel):
         super().__init__()
         from monai.networks.nets import UNet
 
-        self.backbone = UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(16, 32, 64, 128),
-                             strides=(2, 2, 2), num_res_units=1)
+        self.backbone = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=1,
+            channels=(16, 32, 64, 128),
+            strides=(2, 2, 2),
+            num_res_units=1,
+        )
         self.method = "cnn"
         self.frozen_backbone = False
 

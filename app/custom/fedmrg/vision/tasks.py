@@ -47,8 +47,10 @@ def site_index(site_name: str, num_sites: int) -> int:
             break
         digits = ch + digits
     if not digits or not 1 <= int(digits) <= num_sites:
-        raise ConfigError(f"site {site_name!r}: vision sites are named site-1..site-{num_sites} (`num_sites` "
-                          f"{num_sites}); rename the site or change `num_sites`")
+        raise ConfigError(
+            f"site {site_name!r}: vision sites are named site-1..site-{num_sites} (`num_sites` "
+            f"{num_sites}); rename the site or change `num_sites`"
+        )
     return int(digits) - 1
 
 
@@ -76,8 +78,10 @@ def site_splits(cfg: VisionConfig, data_root: str, index: int) -> dict[str, list
         test = synthetic_task(cfg.task, 200, seed=seed + 1000)
         return _finish(cfg, mine, test, None, f"synthetic task {cfg.task}")
     if root is None or not root.exists():
-        raise ConfigError(f"task {cfg.task}: data root {data_root or '(none)'} does not exist; set the job's "
-                          f"data_root_template, $FEDMRG_DATA_ROOT or local/fedmrg_site.json, or use a synthetic task")
+        raise ConfigError(
+            f"task {cfg.task}: data root {data_root or '(none)'} does not exist; set the job's "
+            f"data_root_template, $FEDMRG_DATA_ROOT or local/fedmrg_site.json, or use a synthetic task"
+        )
     if cfg.task == "retina":
         pool = read_npz(root, "train")
         check_classes(pool, CLASS_NAMES["retina"], str(root))
@@ -107,13 +111,16 @@ def site_splits(cfg: VisionConfig, data_root: str, index: int) -> dict[str, list
     raise ConfigError(f"unknown task {cfg.task!r}")
 
 
-def _finish(cfg: VisionConfig, mine: list[Sample], test: list[Sample] | None, unseen: list[Sample] | None,
-            source: str) -> dict[str, list[Sample]]:
+def _finish(
+    cfg: VisionConfig, mine: list[Sample], test: list[Sample] | None, unseen: list[Sample] | None, source: str
+) -> dict[str, list[Sample]]:
     train, val = split_train_val(mine, cfg.val_fraction, cfg.seed)
     train = subsample(train, cfg.data_fraction, cfg.seed)
     if not train or not val:
-        raise DataError(f"{source}: this site's share has {len(train)} training and {len(val)} validation images; "
-                        f"use fewer sites or a larger data set")
+        raise DataError(
+            f"{source}: this site's share has {len(train)} training and {len(val)} validation images; "
+            f"use fewer sites or a larger data set"
+        )
     out = {"train": train, "val": val, "test": test if test is not None else val}
     if unseen is not None:
         out["unseen"] = unseen
