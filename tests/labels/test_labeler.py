@@ -180,3 +180,19 @@ def test_find_mentions_exposes_evidence() -> None:
     mentions = [m for m in find_mentions("Small left pleural effusion.") if m.observation == "Pleural Effusion"]
     assert len(mentions) == 1
     assert mentions[0].text == "effusion" and mentions[0].value == 1
+
+
+def test_finding_sentence_spans_cover_positive_and_uncertain_findings_only() -> None:
+    from fedmrg.labels import finding_sentence_spans
+
+    text = (
+        "The heart is normal in size. Sternotomy wires are intact. No pleural effusion. "
+        "There is opacity at the right lung base. Possible small left effusion"
+    )
+    found = [text[a:b].strip() for a, b in finding_sentence_spans(text)]
+    assert found == [
+        "Sternotomy wires are intact",
+        "There is opacity at the right lung base",
+        "Possible small left effusion",
+    ]
+    assert finding_sentence_spans("The lungs are clear. No pneumothorax.") == ()

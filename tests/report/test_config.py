@@ -40,6 +40,7 @@ def test_missing_model_directory_is_named(tmp_path):
         ("method: full\ndecoder: {path: lm, mode: llm}\n", "decoder.mode"),
         ("alpha_mix: 1.5\n", "alpha_mix"),
         ("losses: {temperature: 0}\n", "losses.temperature"),
+        ("losses: {finding_weight: 0}\n", "losses.finding_weight"),
         ("adapter: {dropout: 1.0}\n", "adapter.dropout"),
         ("adapter: {target_modules: []}\n", "adapter.target_modules"),
         ("encoder: {image_size: 16}\n", "encoder.image_size"),

@@ -141,3 +141,23 @@ def test_diagnosis_f1_scores_the_heads_positive_states():
     rows = [row({2}, {2}), row({2}, {2, 5}), row({7}, {3})]
     assert diagnosis_f1(rows) == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert diagnosis_f1([{"states": None, "reference_states": ["blank"] * 14}]) is None
+
+
+def test_weighted_lm_loss_is_the_weighted_mean_per_token_and_per_study():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 5, 1, IGNORE_INDEX], [IGNORE_INDEX, 2, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    weights = torch.tensor([[1.0, 1.0, 4.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0, 1.0]])
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+    w = weights[:, 1:] * (labels[:, 1:] != IGNORE_INDEX)
+    expected = (ce * w).sum() / w.sum()
+    assert language_model_loss(logits, labels, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert language_model_loss(logits, labels, torch.ones(2, 5)).item() == pytest.approx(
+        language_model_loss(logits, labels).item(), rel=1e-6
+    )
+    per_study = language_model_loss(logits, labels, weights, per_sample=True)
+    assert per_study.shape == (2,)
+    assert per_study[1].item() == pytest.approx(((ce[1] * w[1]).sum() / w[1].sum()).item(), rel=1e-6)
+    # a weight on a token moves the loss toward that token's cross-entropy
+    heavier = weights.clone()
+    heavier[0, 2] = 100.0
+    assert language_model_loss(logits, labels, heavier).item() == pytest.approx(ce[0, 1].item(), rel=0.1)

@@ -148,3 +148,19 @@ def test_visual_tokens_after_the_prompt_leave_the_prompt_unread_by_the_image(mak
     with torch.no_grad():
         mixed = model(batch, adapter="mixed")
     assert gen.token_ids[:, 0].tolist() == mixed.logits[:, prompt_len - 1].argmax(-1).tolist()
+
+
+def test_token_weights_reach_the_lm_loss_at_the_report_positions(make_config, make_batch):
+    model = _build(make_config())
+    batch = make_batch(model, n=3, views=False)
+    plain = model(batch)
+    assert plain.label_weights is None
+    ones = model(dict(batch, token_weights=batch["attention_mask"].float()))
+    assert ones.lm_loss.item() == pytest.approx(plain.lm_loss.item(), rel=1e-5)
+    weights = batch["attention_mask"].float()
+    weights[:, 0] = 50.0  # the first report token of every study
+    heavy = model(dict(batch, token_weights=weights))
+    assert heavy.label_weights.shape == heavy.labels.shape
+    first = heavy.labels.ne(-100).float().argmax(1)  # the first scored position of each row
+    assert heavy.label_weights[torch.arange(3), first].eq(50.0).all()
+    assert heavy.lm_loss.item() != pytest.approx(plain.lm_loss.item(), rel=1e-3)

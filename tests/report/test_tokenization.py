@@ -59,3 +59,30 @@ def test_record_states_from_labels_or_labeler():
     assert sample["states"] == states and sample["report"] == "Heart is enlarged." and "view" in sample
     with pytest.raises(DataError, match="'z'.*empty report"):
         make_sample(StudyRecord(study_id="z", patient_id="p", labels=labels), torch.rand(3, 32, 32))
+
+
+def test_finding_weight_falls_on_the_tokens_of_finding_sentences(tokenizer):
+    from fedmrg.report.tokenization import encode_report_weighted
+
+    text = "the heart is normal . mild cardiomegaly . no effusion ."
+    ids, weights = encode_report_weighted(tokenizer, text, max_tokens=40, finding_weight=3.0)
+    assert ids == encode_report(tokenizer, text, max_tokens=40)
+    heavy = tokenizer.decode([i for i, w in zip(ids, weights, strict=True) if w == 3.0]).strip()
+    assert heavy == "mild cardiomegaly"
+    assert weights[-1] == 1.0 and set(weights) == {1.0, 3.0}
+    assert encode_report_weighted(tokenizer, text, max_tokens=40)[1] == [1.0] * len(ids)  # weight 1: unlabeled
+
+
+def test_collator_adds_token_weights_only_when_weighting(tokenizer):
+    samples = [
+        {"image": torch.rand(3, 8, 8), "report": "mild cardiomegaly .", "states": [0] * 14},
+        {"image": torch.rand(3, 8, 8), "report": "the heart is normal . the lungs are clear .", "states": [0] * 14},
+    ]
+    assert "token_weights" not in ReportCollator(tokenizer)(samples)
+    batch = ReportCollator(tokenizer, finding_weight=2.0)(samples)
+    w, mask = batch["token_weights"], batch["attention_mask"]
+    assert w.shape == batch["input_ids"].shape and w.dtype == torch.float32
+    assert torch.equal(w == 0, mask == 0)  # padding weighs nothing
+    assert w[0, 0] == 2.0 and w[1][mask[1].bool()].eq(1.0).all()  # "mild ..." is a finding sentence, row 1 not
+    with pytest.raises(ValueError, match="finding_weight"):
+        ReportCollator(tokenizer, finding_weight=0.0)
