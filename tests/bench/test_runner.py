@@ -148,3 +148,17 @@ def test_a_corrupt_metrics_file_is_named_with_the_remedy(tmp_path):
         report.load_runs(tmp_path)
     with pytest.raises(FedMRGError, match="unreadable run metrics"):
         runner.rescore(path.parent)
+
+
+def test_a_report_refuses_runs_of_different_budgets(tmp_path):
+    from fedmrg.bench import report
+    from fedmrg.errors import FedMRGError
+
+    for method, local_steps in (("fedlora", 8), ("fedmrg", 20)):
+        path = tmp_path / "runs" / "cluster" / method / "seed0" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        profile = {"rounds": 6, "local_steps": local_steps, "image_size": 96, "config": "default.yaml",
+                   "seeds": [0], "eval_studies": 120}  # fmt: skip
+        path.write_text(json.dumps({"partition": "cluster", "method": method, "seed": 0, "profile": profile}))
+    with pytest.raises(FedMRGError, match=r"different budgets .*own --out folder"):
+        report.write_report(tmp_path, comm=False)

@@ -186,13 +186,24 @@ def write_report(out: Path, *, comm: bool = True) -> Path:
 
         raise FedMRGError(f"{out}: no finished run (runs/*/*/seed*/metrics.json); run `fedmrg bench run` first")
     comm_rows = comm_7b(out) if comm else {}
-    any_run = next(iter(next(iter(runs.values())).values()))[0]
+    every_run = [run for by_method in runs.values() for rows in by_method.values() for run in rows]
+    any_run = every_run[0]
     prof = any_run["profile"]
+    budget = ("rounds", "local_steps", "image_size", "config")
+    budgets = {tuple(run["profile"][k] for k in budget) for run in every_run}
+    if len(budgets) > 1:  # one table must compare rows at one budget
+        from fedmrg.errors import FedMRGError
+
+        raise FedMRGError(
+            f"{out}: the runs were trained at different budgets ({', '.join(map(str, sorted(budgets)))} as "
+            f"{budget}); give each budget its own --out folder"
+        )
+    seeds = sorted({int(run["seed"]) for run in every_run})
     lines = [
         "# Benchmark: FedMRG against its baselines",
         "",
         f"Profile: {prof['rounds']} rounds x {prof['local_steps']} local steps per site, image {prof['image_size']} px, "
-        f"seeds {', '.join(map(str, prof['seeds']))}, {prof['eval_studies'] or 'all'} studies scored per evaluation "
+        f"seeds {', '.join(map(str, seeds))}, {prof['eval_studies'] or 'all'} studies scored per evaluation "
         f"set, config {prof['config']}; orchestrator {any_run['orchestrator']}.",
         "",
         "Metrics x 100, mean ± std over seeds. In-domain: the in-domain test studies (a seeded random draw, the same "
