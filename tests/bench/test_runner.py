@@ -162,3 +162,17 @@ def test_a_report_refuses_runs_of_different_budgets(tmp_path):
         path.write_text(json.dumps({"partition": "cluster", "method": method, "seed": 0, "profile": profile}))
     with pytest.raises(FedMRGError, match=r"different budgets .*own --out folder"):
         report.write_report(tmp_path, comm=False)
+
+
+def test_rows_without_a_diagnosis_prompt_train_without_the_finding_weight(tmp_path):
+    from fedmrg.config import from_dict
+    from fedmrg.report.config import FedMRGConfig
+
+    (tmp_path / "lm").mkdir()
+    for method in runner.BENCH_METHODS:
+        overrides = runner.method_overrides(method)
+        cfg = from_dict(FedMRGConfig, {"decoder": {"path": "lm"}, **overrides}, base_dir=tmp_path)
+        assert (method in runner.PROMPTED_ROWS) == cfg.uses_prompts, method
+        assert ("losses" in overrides) == (not cfg.uses_prompts), method
+        if not cfg.uses_prompts:
+            assert cfg.losses.finding_weight == 1.0
