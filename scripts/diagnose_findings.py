@@ -153,8 +153,30 @@ def probe_encoder(
     return out | {"path": path, "final_train_loss": loss.item(), "seconds": time.perf_counter() - t0}
 
 
-def report_columns(args: argparse.Namespace, dataset: Any, train_reports: list[str]) -> dict[str, Any]:
-    """Head F1, oracle-state report CE-F1 and report CE-F1 of a run on ``dataset``."""
+def mesh_agreement(rows: list[dict[str, Any]], mesh: dict[str, list[str]]) -> dict[str, Any] | None:
+    """Micro P/R/F1 of the written reports' labels against IU's human MeSH indexing, over the observations
+    :data:`~fedmrg.labels.mesh_eval.MESH_REFERENCE` maps (studies indexed "No Indexing" or without MeSH are left
+    out). A reference that is not the labeler: it checks that a CE-F1 gain is not agreement with the labeler alone."""
+    from fedmrg.labels import label_reports
+    from fedmrg.labels.mesh_eval import NOT_INDEXED, score_against_mesh
+
+    kept = [r for r in rows if mesh.get(r["study_id"]) and mesh[r["study_id"]] != [NOT_INDEXED]]
+    if not kept:
+        return None
+    scores = score_against_mesh(label_reports([r["prediction"] for r in kept]),
+                                [";".join(mesh[r["study_id"]]) for r in kept])  # fmt: skip
+    tp = sum(round(x.precision * x.predicted) for x in scores)
+    pred, true = sum(x.predicted for x in scores), sum(x.support for x in scores)
+    p, r = (tp / pred if pred else 0.0), (tp / true if true else 0.0)
+    return {"n": len(kept), "observations": len(scores), "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r) if p + r else 0.0}  # fmt: skip
+
+
+def report_columns(
+    args: argparse.Namespace, dataset: Any, train_reports: list[str], mesh: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Head F1, oracle-state report CE-F1 and report CE-F1 of a run on ``dataset`` (``mesh``: study id -> IU MeSH
+    terms, for :func:`mesh_agreement`)."""
     from fedmrg.report.checkpoint import load_run
     from fedmrg.report.evaluation import generate_for_dataset, most_frequent_baseline, score_rows
 
@@ -192,6 +214,8 @@ def report_columns(args: argparse.Namespace, dataset: Any, train_reports: list[s
             "most_frequent_share": counts.most_common(1)[0][1] / len(reports),
             "xxxx_reports": sum(1 for r in reports if re.search(r"x{3,}", r.lower())),
         }
+        if mesh:
+            out[kind]["mesh"] = mesh_agreement(kind_rows, mesh)
     base = most_frequent_baseline(train_reports, rows)
     out["most_frequent_train_report"] = {
         "report": base["report"], "example_f1": base["clinical"]["example_based"]["f1"],
@@ -231,6 +255,10 @@ def markdown(result: dict[str, Any]) -> str:
             foot.append(f"{kind}: BLEU-4 {r['bleu4']:.3f}, {r['distinct_reports']} distinct reports / "
                         f"{result['n_eval']}, most frequent {r['most_frequent_share']:.0%}, "
                         f"{r['xxxx_reports']} with 'xxxx'")  # fmt: skip
+            if r.get("mesh"):
+                m = r["mesh"]
+                foot.append(f"{kind} vs IU MeSH indexing ({m['n']} studies, {m['observations']} observations, micro): "
+                            f"P {m['precision']:.3f}, R {m['recall']:.3f}, F1 {m['f1']:.3f}")  # fmt: skip
     if "most_frequent_train_report" in result:
         b = result["most_frequent_train_report"]
         foot.append(f"most frequent training report: CE-F1 {b['example_f1']:.3f}, BLEU-4 {b['bleu4']:.3f}")
@@ -300,7 +328,9 @@ def main() -> None:
         del train_x
     if args.checkpoint is not None:
         train_reports = [r.report for r in dataset_records(train)]
-        result |= report_columns(args, evaluation, train_reports)
+        full = open_split(data, site=args.site, split=args.split, image_size=size)
+        mesh = {r.study_id: list(r.meta["mesh"]) for r in dataset_records(full) if r.meta.get("mesh")}
+        result |= report_columns(args, evaluation, train_reports, mesh)
     print(markdown(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

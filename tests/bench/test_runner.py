@@ -3,6 +3,7 @@ table with finite numbers, finished runs skipped, an interrupted run resumed at 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -164,15 +165,26 @@ def test_a_report_refuses_runs_of_different_budgets(tmp_path):
         report.write_report(tmp_path, comm=False)
 
 
-def test_rows_without_a_diagnosis_prompt_train_without_the_finding_weight(tmp_path):
-    from fedmrg.config import from_dict
+def test_rows_without_a_diagnosis_prompt_train_without_the_finding_weight_or_reranking(tmp_path):
+    from fedmrg.config import from_dict, load_yaml
     from fedmrg.report.config import FedMRGConfig
+    from fedmrg.report.fl_learner import merge_overrides
+    from fedmrg.report.run_config import packaged_config
 
     (tmp_path / "lm").mkdir()
+    (tmp_path / "enc").mkdir()
+    profile = runner.PROFILES["full"]
+    packaged = load_yaml(packaged_config(profile.config))
+    model_keys = {f.name for f in dataclasses.fields(FedMRGConfig)}
     for method in runner.BENCH_METHODS:
         overrides = runner.method_overrides(method)
-        cfg = from_dict(FedMRGConfig, {"decoder": {"path": "lm"}, **overrides}, base_dir=tmp_path)
+        # every row on top of the packaged configuration the benchmark runs, as a learner loads it
+        data = merge_overrides(packaged, profile.run_overrides(method, 0))
+        data = {k: v for k, v in data.items() if k in model_keys}
+        data = merge_overrides(data, {"decoder": {"path": "lm"}, "encoder": {"path": "enc"}})
+        cfg = from_dict(FedMRGConfig, data, base_dir=tmp_path)
         assert (method in runner.PROMPTED_ROWS) == cfg.uses_prompts, method
         assert ("losses" in overrides) == (not cfg.uses_prompts), method
         if not cfg.uses_prompts:
             assert cfg.losses.finding_weight == 1.0
+            assert cfg.generation.rerank_samples == 0

@@ -132,7 +132,9 @@ def method_overrides(method: str) -> dict[str, Any]:
     Rows without a diagnosis prompt get ``losses.finding_weight: 1``: the weight on finding sentences (4 in
     ``default.yaml``) teaches a decoder to write the findings its prompt names; with no prompt it teaches it to write
     findings whatever the image shows (Fed-LoRA at 10 x 20 steps, seed 0: "rib fracture" repeated in every report,
-    in-domain CE-F1 0.03; docs/results/benchmark.md), which is not the same care for the baseline.
+    in-domain CE-F1 0.03; docs/results/benchmark.md), which is not the same care for the baseline. They also get
+    ``generation.rerank_samples: 0``: reranking reads the diagnosis prompt they do not have (the configuration refuses
+    it).
     """
     if method not in BENCH_METHODS:
         raise ConfigError(f"unknown benchmark method {method!r}; choose from {', '.join(BENCH_METHODS)}")
@@ -144,6 +146,7 @@ def method_overrides(method: str) -> dict[str, Any]:
         out = {"method": method}
     if method not in PROMPTED_ROWS:
         out["losses"] = {"finding_weight": 1.0}
+        out["generation"] = {"rerank_samples": 0}
     return out
 
 

@@ -247,12 +247,18 @@ class GenerationConfig:
         max_new_tokens: longest report generated, in tokens.
         min_new_tokens: shortest report generated, in tokens.
         repetition_penalty: HF ``repetition_penalty`` (1.0 = none; R2GenGPT uses 2.0).
+        rerank_samples: reports sampled per study besides the greedy / beam one; the candidate whose labels agree
+            best with the diagnosis prompt's states is kept (:mod:`fedmrg.report.rerank`). 0 = off. Needs
+            diagnosis prompts (``method: fedmrg`` or ``promptmrg``).
+        rerank_temperature: sampling temperature of those candidates (> 0; lower stays closer to greedy).
     """
 
     num_beams: int = 3
     max_new_tokens: int = 100
     min_new_tokens: int = 0
     repetition_penalty: float = 1.0
+    rerank_samples: int = 0
+    rerank_temperature: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.num_beams >= 1, f"`generation.num_beams` must be >= 1, got {self.num_beams}")
@@ -264,6 +270,11 @@ class GenerationConfig:
         )
         _check(
             self.repetition_penalty > 0, f"`generation.repetition_penalty` must be > 0, got {self.repetition_penalty}"
+        )
+        _check(self.rerank_samples >= 0, f"`generation.rerank_samples` must be >= 0, got {self.rerank_samples}")
+        _check(
+            self.rerank_temperature > 0,
+            f"`generation.rerank_temperature` must be > 0, got {self.rerank_temperature}",
         )
 
 
@@ -320,6 +331,13 @@ class FedMRGConfig:
         _check(
             self.peft_type not in ("lora", "vera", "adalora", "loha") or bool(self.adapter.target_modules),
             f"`adapter.target_modules` must name at least one layer for `method: {self.method}`",
+        )
+        _check(
+            self.generation.rerank_samples == 0 or self.uses_prompts,
+            f"`generation.rerank_samples: {self.generation.rerank_samples}` ranks reports by agreement with the "
+            f"diagnosis prompt, which `method: {self.method}`"
+            f"{' with ablations.no_prompts' if self.method == 'fedmrg' else ''} does not have; set "
+            "`generation.rerank_samples: 0` (default.yaml turns it on for FedMRG)",
         )
 
     # ---- derived switches (the model and trainer read these, never the raw flags) ----

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -403,11 +403,13 @@ class FedMRGModel(nn.Module):
         min_new_tokens: int | None = None,
         repetition_penalty: float | None = None,
         states: torch.Tensor | None = None,
+        rerank_samples: int | None = None,
     ) -> GeneratedReports:
         """Write reports for images (B, 3, H, W) float32; the prompt states come from the diagnosis head.
 
         Args:
-            max_new_tokens, num_beams, min_new_tokens, repetition_penalty: override ``config.generation``.
+            max_new_tokens, num_beams, min_new_tokens, repetition_penalty, rerank_samples: override
+                ``config.generation`` (``rerank_samples=0``: the greedy / beam report alone).
             generic_only: use G alone (a new site without S); otherwise the alpha-mix of G and S (paper 3.3.3).
             states: (B, 14) int64 prompt states to use instead of the diagnosis head's (e.g. the ground truth, an
                 upper bound that tests the decoder alone); ``GeneratedReports.states`` then returns them.
@@ -449,7 +451,50 @@ class FedMRGModel(nn.Module):
             embeds, mask, extra = self._virtual(inputs, b, num_beams, generation=True)
             with self.use_adapters("generic" if generic_only else "mixed"):
                 ids = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen_config, **extra)
+                k = g.rerank_samples if rerank_samples is None else rerank_samples
+                if k and states is None:
+                    raise ValueError(f"`method: {self.config.method}` has no diagnosis prompts to rerank against; "
+                                     "`rerank_samples` must be 0")  # fmt: skip
+                if k:
+                    ids = self._rerank(ids, embeds, mask, gen_config, states, extra, k)
         finally:
             self.train(was_training)
         reports = [r.strip() for r in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return GeneratedReports(reports=reports, token_ids=ids, states=states, state_probs=probs)
+
+    def _rerank(
+        self,
+        ids: torch.Tensor,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        gen_config: GenerationConfig,
+        states: torch.Tensor,
+        extra: dict[str, Any],
+        k: int,
+    ) -> torch.Tensor:
+        """Sample ``k`` more reports per study and keep, per study, the candidate that
+        agrees best with ``states`` (:mod:`fedmrg.report.rerank`); ``ids`` (B, T) is the greedy / beam output and
+        wins ties. Sampling draws from a forked RNG seeded with 0, so the result is reproducible and the caller's
+        random stream is untouched. Returns (B, T'') ids padded with the pad id."""
+        from fedmrg.report.rerank import pick_consistent
+
+        g = self.config.generation
+        sample_config = GenerationConfig(**{
+            **gen_config.to_diff_dict(), "num_beams": 1, "do_sample": True, "temperature": g.rerank_temperature,
+            "top_k": 0, "top_p": 1.0, "num_return_sequences": k,
+        })  # fmt: skip
+        devices = [ids.device] if ids.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            sampled = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=sample_config,
+                                       **extra)  # fmt: skip
+        b = ids.shape[0]
+        rows = [ids[i] for i in range(b)]
+        samples = [sampled[i * k : (i + 1) * k] for i in range(b)]  # HF orders the k samples of a study together
+        candidates = [
+            [r.strip() for r in self.tokenizer.batch_decode([rows[i], *samples[i]], skip_special_tokens=True)]
+            for i in range(b)
+        ]
+        picks = pick_consistent(candidates, states)
+        chosen = [rows[i] if p == 0 else samples[i][p - 1] for i, p in enumerate(picks)]
+        return torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True, padding_value=self.tokenizer.pad_token_id)
