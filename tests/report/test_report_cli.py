@@ -77,6 +77,28 @@ def test_evaluate_an_unseen_site_with_the_generic_adapter(env):
     assert summary["adapter"] == "generic" and summary["n_studies"] == 3
 
 
+def test_evaluate_with_reranking_never_lowers_agreement_with_the_head(env):
+    from fedmrg.observations import OBSERVATIONS, State
+    from fedmrg.report.rerank import positive_agreement
+
+    def agreement(out):
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        names = {s.name.lower(): int(s) for s in State}
+        return [positive_agreement([names[r["states"][o]["state"]] for o in OBSERVATIONS], r["prediction"])
+                for r in rows]  # fmt: skip
+
+    scores = {}
+    for k in (0, 6):
+        out = env["root"] / f"eval-rerank{k}"
+        rc = main(["evaluate", "--checkpoint", str(env["run"]), "--data", str(env["data"]), "--split", "train",
+                   "--limit", "6", "--rerank-samples", str(k), "--out", str(out), "--no-progress"])  # fmt: skip
+        assert rc == 0
+        scores[k] = agreement(out)
+    assert len(scores[6]) == 6 and all(b >= a for a, b in zip(scores[0], scores[6], strict=True))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", str(env["run"]), "--data", str(env["data"]), "--rerank-samples", "-1"])
+
+
 def test_generate_prints_report_and_states(env, capsys):
     image = next((env["data"] / "images").glob("*.png"))
     rc = main(["generate", "--checkpoint", str(env["run"]), "--json", str(image), str(image)])

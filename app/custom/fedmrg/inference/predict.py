@@ -81,8 +81,10 @@ class Predictor:
         *,
         generic_only: bool = False,
         num_beams: int | None = None,
+        rerank_samples: int | None = None,
     ) -> list[Prediction]:
-        """Reports for grey-level images ``float32 (H, W)`` in [0, 1] (:func:`fedmrg.data.images.load_image`)."""
+        """Reports for grey-level images ``float32 (H, W)`` in [0, 1] (:func:`fedmrg.data.images.load_image`);
+        ``num_beams`` / ``rerank_samples`` override the model's ``generation`` settings."""
         from fedmrg.report.evaluation import describe_states
 
         if not arrays:
@@ -90,6 +92,8 @@ class Predictor:
         images = torch.stack([self._to_model(a) for a in arrays]).to(self.device)
         generic = generic_only or not self.has_personalized
         kwargs = {"num_beams": num_beams} if num_beams else {}
+        if rerank_samples is not None:
+            kwargs["rerank_samples"] = rerank_samples
         gen = self.model.generate(images, generic_only=generic, **kwargs)
         described = describe_states(gen.states, gen.state_probs)
         out = []
@@ -104,7 +108,7 @@ class Predictor:
 
     def predict_files(
         self, paths: Sequence[str | Path], *, generic_only: bool = False, num_beams: int | None = None,
-        batch_size: int = 8,
+        rerank_samples: int | None = None, batch_size: int = 8,
     ) -> list[Prediction]:  # fmt: skip
         """Reports for image files (PNG / JPEG / BMP / DICOM); DataError naming the first unreadable file."""
         from fedmrg.data.image_checks import modality_problem
@@ -121,5 +125,6 @@ class Predictor:
         out: list[Prediction] = []
         for i in range(0, len(arrays), batch_size):
             out += self.predict_arrays(arrays[i : i + batch_size], [str(p) for p in paths[i : i + batch_size]],
-                                       generic_only=generic_only, num_beams=num_beams)  # fmt: skip
+                                       generic_only=generic_only, num_beams=num_beams,
+                                       rerank_samples=rerank_samples)  # fmt: skip
         return out

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prompt with the ground-truth diagnosis states instead of the diagnosis head's (decoder upper bound)",
     )
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
+    p.add_argument("--rerank-samples", type=_count, metavar="K", help="sample K more reports per study and keep the one that agrees best with the diagnosis head (0: greedy / beam alone; default: generation.rerank_samples; needs diagnosis prompts)")
     p.add_argument("--batch-size", type=int, help="studies per generation batch (default: training.eval_batch_size)")
     p.add_argument("--device", default="auto", help="torch device (default auto)")
     p.add_argument("--threads", type=int, help=_THREADS_HELP)
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--site", help="use this site's specialized adapter (default: the model's only one, else G)")
     p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone")
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
+    p.add_argument("--rerank-samples", type=_count, metavar="K", help="sample K more reports per study and keep the one that agrees best with the diagnosis head (0: greedy / beam alone; default: generation.rerank_samples; needs diagnosis prompts)")
     p.add_argument("--device", default="auto", help="torch device (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write a CSV table, one row per image")
@@ -151,6 +153,30 @@ def _config_path(value: str | Path | None) -> Path:
     if path.is_file() or path.parent != Path("."):
         return path
     return packaged_config(str(value))  # a bare name such as "llama2-7b.yaml"
+
+
+def _count(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
+    return n
+
+
+def _generation_kwargs(args: argparse.Namespace, loaded: Any) -> dict[str, int]:
+    """``model.generate`` overrides from ``--num-beams`` / ``--rerank-samples``; reranking needs diagnosis prompts."""
+    from fedmrg.errors import ConfigError
+
+    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    if args.rerank_samples is not None:
+        if args.rerank_samples and not loaded.config.model.uses_prompts:
+            raise ConfigError(f"--rerank-samples {args.rerank_samples}: `method: {loaded.config.model.method}` has no "
+                              "diagnosis prompt to rerank against; leave --rerank-samples out")  # fmt: skip
+        kwargs["rerank_samples"] = args.rerank_samples
+    return kwargs
 
 
 def _say(msg: str) -> None:
@@ -258,7 +284,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         records = records[: len(dataset)]
     if len(dataset) == 0:
         raise DataError(f"{args.data}: split {args.split!r} of {args.site or 'all sites'} has no studies")
-    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    kwargs = _generation_kwargs(args, loaded)
     rows = generate_for_dataset(
         loaded.model,
         dataset,
@@ -315,7 +341,8 @@ def run_generate(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, site=args.site, generic_only=args.generic_only,
                         device=resolve_device(args.device))  # fmt: skip
     _say(f"adapter: {_adapter_words(loaded)}")
-    preds = Predictor(loaded).predict_files(args.images, num_beams=args.num_beams)  # DataError names a bad file
+    kwargs = _generation_kwargs(args, loaded)
+    preds = Predictor(loaded).predict_files(args.images, **kwargs)  # DataError names a bad file
     for path, pred in zip(args.images, preds, strict=True):
         print(to_json(pred) if args.json else to_text(pred))
         if args.sr:
