@@ -36,6 +36,8 @@ def test_pick_keeps_the_first_best_candidate():
     picks = pick_consistent([[normal, effusion], [normal, effusion], [normal, effusion, normal]], states)
     # study 3: no candidate states cardiomegaly; both normal reports score 0 like the effusion -> the greedy one
     assert picks == [1, 0, 0]
+    # a prompt without any positive state (an unlearned head) keeps the greedy report, though "" agrees "better"
+    assert pick_consistent([[normal, ""]], torch.tensor([_states()])) == [0]
     with pytest.raises(ValueError, match="2 candidate lists for 3 studies"):
         pick_consistent([[normal], [normal]], states)
 
@@ -48,16 +50,17 @@ def test_generate_keeps_the_best_scoring_candidate(make_config, make_batch, monk
     torch.manual_seed(0)
     model = FedMRGModel(_with_rerank(make_config(), 4))
     images = make_batch(model, n=3)["images"]
-    greedy = model.generate(images, rerank_samples=0)
+    states = torch.tensor([_states("Cardiomegaly")] * 3)  # prompt states with a positive (else nothing to agree with)
+    greedy = model.generate(images, rerank_samples=0, states=states)
     # a scorer the tiny random decoder can satisfy: longer reports agree "better"
     monkeypatch.setattr(rerank, "positive_agreement", lambda states, report: float(len(report)))
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    first = model.generate(images)
+    first = model.generate(images, states=states)
     after = torch.rand(3)
     assert torch.equal(before, after), "sampling must not consume the caller's random stream"
-    second = model.generate(images)
+    second = model.generate(images, states=states)
     assert first.reports == second.reports  # seeded sampling: reproducible
     assert all(len(r) >= len(g) for r, g in zip(first.reports, greedy.reports, strict=True))
     assert any(len(r) > len(g) for r, g in zip(first.reports, greedy.reports, strict=True))
@@ -65,7 +68,7 @@ def test_generate_keeps_the_best_scoring_candidate(make_config, make_batch, monk
     assert decoded == first.reports and first.token_ids.shape[0] == 3
     # every candidate ties: the greedy report is kept
     monkeypatch.setattr(rerank, "positive_agreement", lambda states, report: 0.0)
-    assert model.generate(images).reports == greedy.reports
+    assert model.generate(images, states=states).reports == greedy.reports
 
 
 def test_rerank_needs_diagnosis_prompts(make_config):

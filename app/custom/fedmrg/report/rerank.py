@@ -46,12 +46,17 @@ def pick_consistent(candidates: Sequence[Sequence[str]], states: torch.Tensor) -
         states: (B, 14) int64 prompt states.
 
     Returns:
-        B indices into each study's candidate list: the first candidate of highest :func:`positive_agreement`.
+        B indices into each study's candidate list: the first candidate of highest :func:`positive_agreement`; 0
+        where the prompt has no positive state at all (not even No Finding: a head that has not learned, nothing to
+        agree with; agreement would favour reports that state nothing recognisable).
     """
     if len(candidates) != states.shape[0]:
         raise ValueError(f"{len(candidates)} candidate lists for {states.shape[0]} studies")
     picks = []
     for cands, row in zip(candidates, states.tolist(), strict=True):
+        if State.POSITIVE not in row:
+            picks.append(0)
+            continue
         scores = [positive_agreement(row, c) for c in cands]
         picks.append(max(range(len(scores)), key=lambda i: (scores[i], -i)))
     return picks
