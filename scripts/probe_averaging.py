@@ -79,13 +79,19 @@ def main() -> None:
             n = sum(o.num_samples for o in outs.values())
             avg = {k: np.asarray(sum(o.shared_state[k] * o.num_samples for o in outs.values()) / n, dtype=np.float32)
                    for k in state}  # fmt: skip
-            for part in ("encoder.", "diagnosis_head.", "projector."):  # how far sites move, and how far their mean
-                keys = [k for k in state if k.startswith(part)]
+            parts = {  # how far sites move, and how far their mean
+                "encoder weights": lambda k: k.startswith("encoder.") and not _is_bn_stat(k),
+                "encoder BatchNorm statistics": _is_bn_stat,
+                "diagnosis head": lambda k: k.startswith("diagnosis_head."),
+                "projector": lambda k: k.startswith("projector."),
+            }
+            for part, member in parts.items():
+                keys = [k for k in state if member(k)]
                 site = np.mean([np.sqrt(sum(float(((outs[s].shared_state[k] - state[k]) ** 2).sum()) for k in keys))
                                 for s in sites])  # fmt: skip
                 mean = np.sqrt(sum(float(((avg[k] - state[k]) ** 2).sum()) for k in keys))
                 if site > 0:
-                    print(f"{part.rstrip('.')}: update L2 {site:.3g} per site, {mean:.3g} averaged "
+                    print(f"{part}: update L2 {site:.3g} per site, {mean:.3g} averaged "
                           f"(ratio {mean / site:.2f}; 1 = all sites agree, {1 / np.sqrt(len(sites)):.2f} = unrelated)")
             print("| model | " + " | ".join(sites) + " | mean |")
             print("|---|" + "---:|" * (len(sites) + 1))
