@@ -165,7 +165,7 @@ def mesh_agreement(rows: list[dict[str, Any]], mesh: dict[str, list[str]]) -> di
         return None
     scores = score_against_mesh(label_reports([r["prediction"] for r in kept]),
                                 [";".join(mesh[r["study_id"]]) for r in kept])  # fmt: skip
-    tp = sum(round(x.precision * x.predicted) for x in scores)
+    tp = sum(x.true_positives for x in scores)
     pred, true = sum(x.predicted for x in scores), sum(x.support for x in scores)
     p, r = (tp / pred if pred else 0.0), (tp / true if true else 0.0)
     return {"n": len(kept), "observations": len(scores), "precision": p, "recall": r,

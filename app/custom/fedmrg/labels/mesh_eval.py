@@ -59,7 +59,7 @@ class Score:
     """Precision / recall / F1 of predicted positives against the MeSH reference for one observation.
 
     ``support`` is the number of reference positives, ``predicted`` the number of predicted positives, ``n`` the
-    number of reports scored.
+    number of reports scored, ``true_positives`` the reports both call positive.
     """
 
     observation: str
@@ -70,6 +70,7 @@ class Score:
     support: int
     predicted: int
     n: int
+    true_positives: int
 
 
 def score_against_mesh(
@@ -98,7 +99,8 @@ def score_against_mesh(
         y_true = [any(mesh_has(p, t) for t in terms) for p in parsed]
         y_pred = [lab[obs] in positive for lab in labels]
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=0)
-        out.append(Score(obs, terms, float(p), float(r), float(f), sum(y_true), sum(y_pred), len(y_true)))
+        tp = sum(t and q for t, q in zip(y_true, y_pred, strict=True))
+        out.append(Score(obs, terms, float(p), float(r), float(f), sum(y_true), sum(y_pred), len(y_true), tp))
     return out
 
 

@@ -17,6 +17,11 @@ _THREADS_HELP = (
     "processes, where spinning threads of several processes slow each other down"
 )
 
+_RERANK_HELP = (
+    "sample K more reports per study and keep the one that agrees best with the diagnosis head (0: the greedy / beam "
+    "report alone; default: generation.rerank_samples; needs diagnosis prompts)"
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -69,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prompt with the ground-truth diagnosis states instead of the diagnosis head's (decoder upper bound)",
     )
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
-    p.add_argument("--rerank-samples", type=_count, metavar="K", help="sample K more reports per study and keep the one that agrees best with the diagnosis head (0: greedy / beam alone; default: generation.rerank_samples; needs diagnosis prompts)")
+    p.add_argument("--rerank-samples", type=_count, metavar="K", help=_RERANK_HELP)
     p.add_argument("--batch-size", type=int, help="studies per generation batch (default: training.eval_batch_size)")
     p.add_argument("--device", default="auto", help="torch device (default auto)")
     p.add_argument("--threads", type=int, help=_THREADS_HELP)
@@ -85,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--site", help="use this site's specialized adapter (default: the model's only one, else G)")
     p.add_argument("--generic-only", action="store_true", help="use the generic adapter G alone")
     p.add_argument("--num-beams", type=int, help="beam width (default: generation.num_beams)")
-    p.add_argument("--rerank-samples", type=_count, metavar="K", help="sample K more reports per study and keep the one that agrees best with the diagnosis head (0: greedy / beam alone; default: generation.rerank_samples; needs diagnosis prompts)")
+    p.add_argument("--rerank-samples", type=_count, metavar="K", help=_RERANK_HELP)
     p.add_argument("--device", default="auto", help="torch device (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write a CSV table, one row per image")
