@@ -119,8 +119,26 @@ def test_options_are_checked(tiny_fed, tmp_path):
     assert main([*base, "--partitions", "dirichlet"]) != 0
     assert main([*base, "--orchestrator", "simulator", "--methods", "centralized"]) != 0
     assert main([*base, "--local-steps", "0"]) != 0
+    assert main([*base, "--set", "training.learning_rat=5e-4"]) != 0  # refused before any run starts
+    assert not (tmp_path / "b").exists()
     with pytest.raises(ConfigError, match="no benchmark partition here"):
         runner.plan(tmp_path, tmp_path / "o", ["cluster"], ["fedlora"], [0])
+
+
+def test_set_overrides_the_run_configuration_of_every_row_and_refuses_bad_items():
+    merged = runner.with_sets({"training": {"batch_size": 8}}, ["training.learning_rate=5e-4", "encoder.trainable=false"])
+    assert merged == {"training": {"batch_size": 8, "learning_rate": 5e-4}, "encoder": {"trainable": False}}
+    spec_overrides = runner.Profile(rounds=2, local_steps=1, seeds=(0,), image_size=32, eval_studies=2, val_studies=1,
+                                    overrides=merged).run_overrides("fedlora", 1)  # fmt: skip
+    assert spec_overrides["training"]["learning_rate"] == 5e-4 and spec_overrides["method"] == "fedlora"
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) `training.learning_rat`"):
+        runner.with_sets({}, ["training.learning_rat=5e-4"])
+    with pytest.raises(ConfigError, match=r"learning_rate` must be > 0"):
+        runner.with_sets({}, ["training.learning_rate=-1"])
+    with pytest.raises(ConfigError, match="given twice"):
+        runner.with_sets({}, ["training.seed=1", "training.seed=2"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        runner.with_sets({}, ["training"])
 
 
 def test_evaluation_draws_its_studies_at_random_and_the_same_for_every_row():
@@ -155,14 +173,15 @@ def test_a_report_refuses_runs_of_different_budgets(tmp_path):
     from fedmrg.bench import report
     from fedmrg.errors import FedMRGError
 
-    for method, local_steps in (("fedlora", 8), ("fedmrg", 20)):
-        path = tmp_path / "runs" / "cluster" / method / "seed0" / "metrics.json"
-        path.parent.mkdir(parents=True)
-        profile = {"rounds": 6, "local_steps": local_steps, "image_size": 96, "config": "default.yaml",
-                   "seeds": [0], "eval_studies": 120}  # fmt: skip
-        path.write_text(json.dumps({"partition": "cluster", "method": method, "seed": 0, "profile": profile}))
-    with pytest.raises(FedMRGError, match=r"different budgets .*own --out folder"):
-        report.write_report(tmp_path, comm=False)
+    for case, second in (("steps", {"local_steps": 20}), ("set", {"overrides": {"training": {"learning_rate": 5e-4}}})):
+        for method, change in (("fedlora", {}), ("fedmrg", second)):
+            path = tmp_path / case / "runs" / "cluster" / method / "seed0" / "metrics.json"
+            path.parent.mkdir(parents=True)
+            profile = {"rounds": 6, "local_steps": 8, "image_size": 96, "config": "default.yaml", "seeds": [0],
+                       "eval_studies": 120, "overrides": {}} | change  # fmt: skip
+            path.write_text(json.dumps({"partition": "cluster", "method": method, "seed": 0, "profile": profile}))
+        with pytest.raises(FedMRGError, match=r"different budgets .*own --out folder"):
+            report.write_report(tmp_path / case, comm=False)
 
 
 def test_rows_without_a_diagnosis_prompt_train_without_the_finding_weight_or_reranking(tmp_path):

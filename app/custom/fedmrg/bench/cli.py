@@ -24,7 +24,8 @@ Profiles (the same budget for every method): --profile quick (a smoke run of eve
 64 px, 16 + 16 studies scored; sized for <= 20 min on 2 CPU cores), full (3 seeds, 8 rounds x 12 steps, 96 px,
 160 + 160 studies; minutes per run on 2 CPU cores, so all 90 runs take many hours: pick rows with --methods and
 --partitions, see docs/benchmark.md), tiny (tiny built-in models; tests). --rounds, --local-steps, --seeds,
---eval-studies override the profile.
+--eval-studies override the profile; --set KEY=VALUE changes the run configuration of every row (e.g.
+--set training.learning_rate=5e-4; the report refuses a folder whose runs differ in it).
 
 Orchestrators: inprocess (default) runs the FLARE job's learner class and aggregator in this process;
 simulator runs `nvflare simulator` on a variant of jobs/fedmrg (federated rows only)."""
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, help="FL rounds (default: the profile's)")
     p.add_argument("--local-steps", type=int, help="optimizer steps per site and round (default: the profile's)")
     p.add_argument("--eval-studies", type=int, help="studies scored per evaluation set, 0 = all (default: profile)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-configuration override for every row, dotted key, JSON value (repeatable), e.g. "
+                        "training.learning_rate=5e-4")  # fmt: skip
     p.add_argument("--orchestrator", default="inprocess", choices=("inprocess", "simulator"),
                    help="inprocess (default) or the FLARE simulator")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -94,6 +98,8 @@ def run_bench(args: argparse.Namespace) -> int:
     for key, value in changes.items():
         if key != "seeds" and (value < (0 if key == "eval_studies" else 1)):
             raise ConfigError(f"--{key.replace('_', '-')} must be >= {0 if key == 'eval_studies' else 1}, got {value}")
+    if args.sets:
+        changes["overrides"] = runner.with_sets(profile.overrides, args.sets, config=profile.config)
     profile = dataclasses.replace(profile, **changes)
     if not profile.seeds:
         raise ConfigError("--seeds: give at least one seed")

@@ -189,8 +189,8 @@ def write_report(out: Path, *, comm: bool = True) -> Path:
     every_run = [run for by_method in runs.values() for rows in by_method.values() for run in rows]
     any_run = every_run[0]
     prof = any_run["profile"]
-    budget = ("rounds", "local_steps", "image_size", "config")
-    budgets = {tuple(run["profile"][k] for k in budget) for run in every_run}
+    budget = ("rounds", "local_steps", "image_size", "config", "overrides")
+    budgets = {tuple(json.dumps(run["profile"].get(k), sort_keys=True) for k in budget) for run in every_run}
     if len(budgets) > 1:  # one table must compare rows at one budget
         from fedmrg.errors import FedMRGError
 

@@ -121,6 +121,37 @@ PROFILES: dict[str, Profile] = {
 }  # fmt: skip
 
 
+def with_sets(overrides: dict[str, Any], sets: Sequence[str], *, config: str = "default.yaml") -> dict[str, Any]:
+    """``overrides`` with ``--set KEY=VALUE`` items (dotted key into the run configuration, JSON value, else a
+    string) merged in; the result is loaded once on top of ``config`` so that an unknown key or a wrong value is
+    refused here, naming the item, not in the first run. ConfigError on bad syntax, a key given twice or a bad
+    value."""
+    from fedmrg.job import _parse_value, _set
+    from fedmrg.report.fl_learner import merge_overrides
+
+    extra: dict[str, Any] = {}
+    seen: set[str] = set()
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. training.learning_rate=5e-4")
+        if key in seen:
+            raise ConfigError(f"--set {key}: given twice; keep one")
+        seen.add(key)
+        _set(extra, key, _parse_value(text), where=f"--set {item!r}")
+    merged = merge_overrides(overrides, extra)
+    from fedmrg.config import load_yaml
+    from fedmrg.report.run_config import packaged_config, run_config_from_dict
+
+    path = Path(config) if Path(config).is_file() else packaged_config(config)
+    try:  # loading validates keys and values; the built-in models are not built (paths are only resolved)
+        run_config_from_dict(merge_overrides(load_yaml(path), merged), source=f"{path} with --set {' '.join(sets)}",
+                             base_dir=path.parent)  # fmt: skip
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+    return merged
+
+
 #: rows whose decoder reads a diagnosis prompt; the others train with ``losses.finding_weight: 1``
 PROMPTED_ROWS = frozenset({"centralized", "local-only", "fedmrg", "promptmrg",
                            *(f"fedmrg-{a.replace('_', '-')}" for a in ABLATIONS if a != "no_prompts")})  # fmt: skip
