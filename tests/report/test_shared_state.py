@@ -95,3 +95,20 @@ def test_frozen_encoder_stays_out_of_the_shared_state(make_config):
     model = _model(make_config, encoder=EncoderConfig(preset="resnet-tiny", image_size=64, trainable=False))
     assert not [k for k in shared_keys(model) if k.startswith("encoder.")]
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_a_frozen_encoder_keeps_its_batchnorm_statistics_in_training(make_config):
+    from fedmrg.report.config import EncoderConfig
+
+    images = torch.randn(4, 3, 64, 64) * 3 + 1
+    for trainable in (False, True):
+        model = _model(make_config, encoder=EncoderConfig(preset="resnet-tiny", image_size=64, trainable=trainable))
+        bn = {k: v.clone() for k, v in model.encoder.state_dict().items() if "running_" in k}
+        model.train()
+        assert model.encoder.training is trainable and model.projector.training
+        with torch.no_grad():
+            model.encoder(images)
+        moved = any(not torch.equal(v, model.encoder.state_dict()[k]) for k, v in bn.items())
+        assert moved is trainable, f"trainable={trainable}: running statistics moved={moved}"
+    model.eval()
+    assert not model.encoder.training

@@ -220,6 +220,19 @@ class FedMRGModel(nn.Module):
         for param, role in self._roles:
             param.requires_grad_(self.is_trainable(role, self._phase))
 
+    def train(self, mode: bool = True) -> FedMRGModel:
+        """As :meth:`nn.Module.train`, except that a frozen encoder (``encoder.trainable: false``) stays in eval mode.
+
+        A frozen ResNet in train mode would normalise each batch with that batch's own statistics (features that
+        differ from the ones it is evaluated with) and overwrite its pretrained BatchNorm running statistics with
+        the site's, which are not shared (the frozen encoder is out of the shared state): the diagnosis head would
+        then train on features no other site and no evaluation sees.
+        """
+        super().train(mode)
+        if mode and not self.config.encoder.trainable:
+            self.encoder.eval()
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter that trains in some phase (give these to the optimizer; frozen ones are left out)."""
         phases: tuple[Phase, ...] = ("generic", "specialized") if self.has_specialized else ("generic",)
