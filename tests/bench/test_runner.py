@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedmrg.bench import runner
@@ -126,7 +127,9 @@ def test_options_are_checked(tiny_fed, tmp_path):
 
 
 def test_set_overrides_the_run_configuration_of_every_row_and_refuses_bad_items():
-    merged = runner.with_sets({"training": {"batch_size": 8}}, ["training.learning_rate=5e-4", "encoder.trainable=false"])
+    merged = runner.with_sets(
+        {"training": {"batch_size": 8}}, ["training.learning_rate=5e-4", "encoder.trainable=false"]
+    )
     assert merged == {"training": {"batch_size": 8, "learning_rate": 5e-4}, "encoder": {"trainable": False}}
     spec_overrides = runner.Profile(rounds=2, local_steps=1, seeds=(0,), image_size=32, eval_studies=2, val_studies=1,
                                     overrides=merged).run_overrides("fedlora", 1)  # fmt: skip
@@ -207,3 +210,31 @@ def test_rows_without_a_diagnosis_prompt_train_without_the_finding_weight_or_rer
         if not cfg.uses_prompts:
             assert cfg.losses.finding_weight == 1.0
             assert cfg.generation.rerank_samples == 0
+
+
+@pytest.mark.slow
+def test_head_calibration_replaces_the_head_of_every_row_that_has_one(tiny_fed, tmp_path):
+    import dataclasses
+
+    from safetensors.numpy import load_file
+
+    from fedmrg.report.head_calibration import ABSENT_STATE_BIAS
+
+    base = runner.PROFILES["tiny"]
+    profile = dataclasses.replace(base, seeds=(0,),
+                                  overrides=runner.with_sets(base.overrides, ["training.head_calibration=lda"]))  # fmt: skip
+    for method in ("fedmrg", "local-only", "centralized", "fedlora"):
+        spec = runner.RunSpec("cluster", method, 0, tiny_fed / "cluster", tmp_path / method)
+        m = runner.run_one(spec, profile, orchestrator="inprocess", threads=1, on_round=lambda r: None)
+        for model in set(m["models"].values()):
+            state = load_file(str(Path(model) / "shared_state.safetensors"))
+            bias = state.get("diagnosis_head.linear.bias")
+            if method == "fedlora":  # no head: the row trains and exports as before
+                assert bias is None
+                continue
+            # a head fitted from statistics: states no training study had are never predicted (a trained head's
+            # biases are never -1e4)
+            assert (bias == np.float32(ABSENT_STATE_BIAS)).any(), (method, model)
+    with pytest.raises(ConfigError, match="no head-calibration round"):
+        runner.run_simulator(runner.RunSpec("cluster", "fedmrg", 0, tiny_fed / "cluster", tmp_path / "sim"), profile,
+                             threads=1, on_round=lambda r: None)  # fmt: skip

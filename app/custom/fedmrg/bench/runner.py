@@ -165,7 +165,7 @@ def method_overrides(method: str) -> dict[str, Any]:
     findings whatever the image shows (Fed-LoRA at 10 x 20 steps, seed 0: "rib fracture" repeated in every report,
     in-domain CE-F1 0.03; docs/results/benchmark.md), which is not the same care for the baseline. They also get
     ``generation.rerank_samples: 0``: reranking reads the diagnosis prompt they do not have (the configuration refuses
-    it).
+    it), and ``training.head_calibration: none`` (no head to calibrate).
     """
     if method not in BENCH_METHODS:
         raise ConfigError(f"unknown benchmark method {method!r}; choose from {', '.join(BENCH_METHODS)}")
@@ -178,6 +178,7 @@ def method_overrides(method: str) -> dict[str, Any]:
     if method not in PROMPTED_ROWS:
         out["losses"] = {"finding_weight": 1.0}
         out["generation"] = {"rerank_samples": 0}
+        out["training"] = {"head_calibration": "none"}  # no head to calibrate (`--set` may ask it of every row)
     return out
 
 
@@ -359,9 +360,27 @@ def _task_bytes(state: dict[str, np.ndarray], peer_extra: dict[str, Any], round_
 def _make_learner(spec: RunSpec, profile: Profile, threads: int) -> Any:
     from fedmrg.report.fl_learner import FedMRGLearner
 
-    return FedMRGLearner(config=profile.config, overrides=profile.run_overrides(spec.method, spec.seed),
-                         local_steps=profile.local_steps, validate_max_studies=profile.val_studies,
-                         torch_threads=threads)  # fmt: skip
+    learner = FedMRGLearner(config=profile.config, overrides=profile.run_overrides(spec.method, spec.seed),
+                            local_steps=profile.local_steps, validate_max_studies=profile.val_studies,
+                            torch_threads=threads)  # fmt: skip
+    learner.runs_head_calibration = True  # run_federated / run_local_only / run_centralized run it after the rounds
+    return learner
+
+
+def _calibrated(learners: dict[str, Any], state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``state`` with its diagnosis head replaced by the LDA head of the learners' summed statistics when the run
+    configuration asks for it (``training.head_calibration: lda``); else ``state`` itself."""
+    from fedmrg.report.head_calibration import HeadStatistics, head_state
+
+    t = next(iter(learners.values()))._load_config().training
+    if t.head_calibration == "none":
+        return state
+    stats = None
+    for learner in learners.values():
+        site_stats = learner.head_statistics(state)
+        stats = site_stats if stats is None else stats + site_stats
+    assert isinstance(stats, HeadStatistics)
+    return state | head_state(stats, shrinkage=t.head_calibration_shrinkage)
 
 
 def _setup_sites(spec: RunSpec, profile: Profile, sites: list[str], work: Path, threads: int) -> dict[str, Any]:
@@ -460,6 +479,7 @@ def run_federated(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
                         "seconds": time.monotonic() - t0})  # fmt: skip
         ckpt.save(round_done=r, history=history, states={"global": state}, learners=learners, bank=bank)
         on_round(r)
+    state = _calibrated(learners, state)
     privates = {site: learner._private for site, learner in learners.items()}
     model = _export(learners[sites[0]], state, privates, spec.out / "model")
     return {"history": history, "models": dict.fromkeys(sites, model)}
@@ -491,6 +511,7 @@ def run_local_only(spec: RunSpec, profile: Profile, *, threads: int, on_round: C
                         "seconds": time.monotonic() - t0})  # fmt: skip
         ckpt.save(round_done=r, history=history, states=states, learners=learners, bank={})
         on_round(r)
+    states = {site: _calibrated({site: learners[site]}, states[site]) for site in sites}  # each on its own data
     models = {site: _export(learners[site], states[site], {site: learners[site]._private},
                             spec.out / "model" / site) for site in sites}  # fmt: skip
     return {"history": history, "models": models}
@@ -582,6 +603,11 @@ def run_centralized(
     load_shared_state(model, shared)
     if private is not None:
         load_private_state(model, private)
+    if t.head_calibration == "lda":
+        from fedmrg.report.head_calibration import calibrate
+
+        calibrate(model, [open_split(fd, site=None, split="train", image_size=m.encoder.image_size)],
+                  shrinkage=t.head_calibration_shrinkage, batch_size=t.eval_batch_size)  # fmt: skip
     from fedmrg.report.checkpoint import save_checkpoint
 
     out = save_checkpoint(spec.out / "model", model, cfg, shared_state=get_shared_state(model),
@@ -605,6 +631,9 @@ def run_simulator(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
         raise ConfigError(f"--orchestrator simulator runs federated methods only, not {spec.method!r}")
     fd = FederatedDataset.open(spec.data)
     sites, unseen = list(fd.sites), list(fd.unseen_sites)
+    if _make_learner(spec, profile, threads)._load_config().training.head_calibration != "none":
+        raise ConfigError("--orchestrator simulator: the FLARE job has no head-calibration round yet; use the "
+                          "in-process orchestrator or set training.head_calibration=none")  # fmt: skip
     learner_overrides = profile.run_overrides(spec.method, spec.seed)
     sets = [  # overrides first: `rounds=` then sets the schedule's rounds inside them too
         f"learner.overrides={json.dumps(learner_overrides)}",

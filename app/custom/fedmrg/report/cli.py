@@ -249,6 +249,16 @@ def run_train(args: argparse.Namespace) -> int:
             )  # fmt: skip
     finally:
         trainer.close()
+    if t.head_calibration == "lda":
+        from fedmrg.report.head_calibration import calibrate
+
+        plain = open_split(data, site=site, split="train", image_size=m.encoder.image_size)
+        stats = calibrate(model, [plain], shrinkage=t.head_calibration_shrinkage, batch_size=t.eval_batch_size)
+        _say(f"diagnosis head calibrated (LDA) on the pooled features of {stats.count} training studies")
+        save_checkpoint(
+            out, model, config, shared_state=get_shared_state(model),
+            private_states={name: get_private_state(model)}, metrics={"rounds": history},
+        )  # fmt: skip
     (out / "train_metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
     print(f"run folder: {out}")
     return 0

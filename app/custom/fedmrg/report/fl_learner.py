@@ -174,6 +174,9 @@ class FedMRGLearner:
         self.torch_threads = torch_threads
 
         self.model_paths: dict[str, str] = {}
+        #: set by a caller that runs the head-calibration round after the last round (``fedmrg bench``); the FLARE
+        #: job has no such round yet, so there ``training.head_calibration`` other than none is refused at setup
+        self.runs_head_calibration = False
         self._site_config: SiteConfig | None = None
         self._run_config: RunConfig | None = None
         self._model: FedMRGModel | None = None
@@ -282,6 +285,12 @@ class FedMRGLearner:
         if threads > 0:
             torch.set_num_threads(threads)
         cfg = self._load_config()  # every configuration error before any data is touched
+        if cfg.training.head_calibration != "none" and not self.runs_head_calibration:
+            raise ConfigError(
+                f"site {site_name!r}: `training.head_calibration: {cfg.training.head_calibration}` needs a statistics "
+                "round after the last FL round, which the FLARE job does not run yet (`fedmrg bench` and `fedmrg "
+                "train` do); set `training.head_calibration: none`"
+            )
         self._site = site_name
         self._data = FederatedDataset.open(self._data_root(site_name, config))
         self._model = self._build_model()
@@ -322,6 +331,24 @@ class FedMRGLearner:
         payload = {BANK_KEY: out.bank_features.numpy()} if out.bank_features is not None else {}
         metrics = out.metrics if self._trainer.dp is None else self._trainer.dp.releasable(out.metrics)  # DP: no losses
         return TrainOutcome(self._to_numpy(out.shared_state), out.num_samples, metrics, payload)
+
+    def head_statistics(self, global_state: dict[str, np.ndarray]) -> Any:
+        """:class:`~fedmrg.report.head_calibration.HeadStatistics` of ``global_state``'s encoder over this site's
+        training studies (what the site sends for ``training.head_calibration: lda``)."""
+        from fedmrg.report.data_loading import open_split
+        from fedmrg.report.head_calibration import collect_statistics
+        from fedmrg.report.shared_state import get_shared_state, load_shared_state
+
+        model, data = self._model, self._data
+        if model is None or data is None:
+            raise RuntimeError(f"site {self._site!r}: head statistics before setup")
+        saved = get_shared_state(model)
+        try:
+            load_shared_state(model, self._to_torch(global_state))
+            train = open_split(data, site=self._site, split="train", image_size=model.config.encoder.image_size)
+            return collect_statistics(model, train, batch_size=self._load_config().training.eval_batch_size)
+        finally:
+            load_shared_state(model, saved)
 
     def validate(self, global_state: dict[str, np.ndarray], *, personalized: bool, split: str) -> dict[str, float]:
         from torch.utils.data import Subset

@@ -75,6 +75,11 @@ class TrainingConfig:
             (each skipped micro-batch is counted and reported, never dropped silently).
         log_every: optimizer steps between TensorBoard / progress-bar loss updates.
         eval_batch_size: studies per batch when generating reports.
+        head_calibration: ``"none"``, or ``"lda"``: after the last round the diagnosis head is replaced by the linear
+            discriminant of the final encoder's pooled features, from statistics every site sums over its training
+            studies (:mod:`fedmrg.report.head_calibration`; the remedy for heads that FedAvg cannot average under
+            label skew). Runs in ``fedmrg bench`` (every row with a diagnosis head); not with DP-SGD.
+        head_calibration_shrinkage: LDA covariance shrinkage, a fraction of its mean variance added to the diagonal.
         seed: seed of the model initialisation, data order, augmentation and dropout.
         device: ``"auto"`` (CUDA when available, else CPU), or a torch device string such as ``"cuda:1"``.
     """
@@ -99,6 +104,8 @@ class TrainingConfig:
     max_skipped_fraction: float = 0.5
     log_every: int = 10
     eval_batch_size: int = 16
+    head_calibration: Literal["none", "lda"] = "none"
+    head_calibration_shrinkage: float = 0.01
     seed: int = 0
     device: str = "auto"
 
@@ -123,6 +130,14 @@ class TrainingConfig:
         _check(
             self.max_grad_norm is None or self.max_grad_norm > 0,
             f"`training.max_grad_norm` must be > 0 or null, got {self.max_grad_norm}",
+        )
+        _check(
+            self.head_calibration in ("none", "lda"),
+            f"`training.head_calibration` must be none or lda, got {self.head_calibration!r}",
+        )
+        _check(
+            self.head_calibration_shrinkage >= 0,
+            f"`training.head_calibration_shrinkage` must be >= 0, got {self.head_calibration_shrinkage}",
         )
         _check(self.num_workers >= 0, f"`training.num_workers` must be >= 0, got {self.num_workers}")
         _check(
@@ -152,6 +167,17 @@ class RunConfig:
             "accounting assumes Poisson sampling of studies, which weighted sampling breaks; set "
             "`training.balance_findings: 0`",
         )
+        if self.training.head_calibration != "none":
+            _check(
+                self.model.uses_prompts,
+                f"`training.head_calibration: {self.training.head_calibration}` calibrates the diagnosis head, which "
+                f"`method: {self.model.method}` does not have; set `training.head_calibration: none`",
+            )
+            _check(
+                not self.model.privacy.dp_sgd.enabled,
+                "`training.head_calibration: lda` sends feature statistics of the training studies that DP-SGD does not "
+                "protect; it cannot be combined with `privacy.dp_sgd.enabled`; set `training.head_calibration: none`",
+            )
 
 
 def resolve_builtin_paths(
