@@ -4,7 +4,6 @@ same tiny federation end with bit-identical global and specialized states and th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,9 +40,9 @@ def test_in_process_and_simulator_runs_train_the_same_model(tmp_path):
             assert {k: r_in["val"][k] for k in ("bleu4", "rouge_l", "ce_f1")} == {
                 k: r_sim["val"][k] for k in ("bleu4", "rouge_l", "ce_f1")
             }, method
-        in_process = open_source(Path(metrics["inprocess"]["models"]["site-1"]))
+        in_process = open_source(runs["inprocess"] / metrics["inprocess"]["models"]["site-1"])
         for site in ("site-1", "site-2"):
-            simulated = open_source(Path(metrics["simulator"]["models"][site]))
+            simulated = open_source(runs["simulator"] / metrics["simulator"]["models"][site])
             a, b = _arrays(in_process.shared_state()), _arrays(simulated.shared_state())
             assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), (method, site)
             if method == "fedmrg":  # each site's specialized adapter, trained in its own process, equal too

@@ -48,7 +48,8 @@ def test_every_row_runs_reports_and_resumes(tiny_fed, tmp_path, capsys):
         assert (m["bytes_per_round"]["up"] > m["bytes_per_round"]["shared_param_bytes"] > 0) == federated, m
         assert not (path.parent / "state").exists()  # the round checkpoint is gone once the run is finished
         for model in set(m["models"].values()):  # the exported model loads as `fedmrg evaluate --model` does
-            assert (Path(model) / "checkpoint.json").is_file()
+            assert not Path(model).is_absolute()  # relative to the run folder: the benchmark folder can move
+            assert (path.parent / model / "checkpoint.json").is_file()
 
     table = (out / "benchmark.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
@@ -81,8 +82,9 @@ def test_every_row_runs_reports_and_resumes(tiny_fed, tmp_path, capsys):
     assert after["seconds"]["rescore"] > 0 and after["seconds"]["train"] == before["seconds"]["train"]
 
     # the same evaluation reads the exported model back: fedmrg evaluate --model on it gives the run's score
-    fed = json.loads((out / "runs" / "cluster" / "fedlora" / "seed0" / "metrics.json").read_text())
-    assert main(["evaluate", "--model", fed["models"]["site-1"], "--data", str(tiny_fed / "cluster"), "--site",
+    fed_dir = out / "runs" / "cluster" / "fedlora" / "seed0"
+    fed = json.loads((fed_dir / "metrics.json").read_text())
+    assert main(["evaluate", "--model", str(fed_dir / fed["models"]["site-1"]), "--data", str(tiny_fed / "cluster"), "--site",
                  "unseen-1", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0  # fmt: skip
     assert "CE_F1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())["headline"]
 
@@ -227,7 +229,7 @@ def test_head_calibration_replaces_the_head_of_every_row_that_has_one(tiny_fed, 
         spec = runner.RunSpec("cluster", method, 0, tiny_fed / "cluster", tmp_path / method)
         m = runner.run_one(spec, profile, orchestrator="inprocess", threads=1, on_round=lambda r: None)
         for model in set(m["models"].values()):
-            state = load_file(str(Path(model) / "shared_state.safetensors"))
+            state = load_file(str(spec.out / model / "shared_state.safetensors"))
             bias = state.get("diagnosis_head.linear.bias")
             if method == "fedlora":  # no head: the row trains and exports as before
                 assert bias is None

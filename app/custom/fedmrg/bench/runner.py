@@ -715,7 +715,8 @@ def run_one(spec: RunSpec, profile: Profile, *, orchestrator: str, threads: int,
                             "down": float(np.mean(rounds_down)) if rounds_down else 0.0,
                             "shared_param_bytes": history[-1]["param_bytes"] if history else 0},
         "rounds": history,
-        "models": {site: str(p) for site, p in result["models"].items()},
+        # relative to the run folder, so that a benchmark folder moved or copied elsewhere still scores its own models
+        "models": {site: str(Path(p).resolve().relative_to(spec.out.resolve())) for site, p in result["models"].items()},
         "seconds": {"train": train_s, "total": time.monotonic() - t0},
     }  # fmt: skip
     (spec.out / "rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
@@ -743,7 +744,8 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 def rescore(directory: Path, *, eval_studies: int | None = None) -> dict[str, Any]:
     """Score a finished run's saved models again with today's :func:`evaluate_models` and rewrite its
-    ``metrics.json`` (training, history and bytes kept). ``eval_studies``: None keeps the run's own."""
+    ``metrics.json`` (training, history and bytes kept). ``eval_studies``: None keeps the run's own. Model paths
+    are read relative to ``directory`` (absolute ones, as runs before relative paths wrote them, as they are)."""
     from fedmrg.data.dataset_dir import FederatedDataset
 
     path = directory / "metrics.json"
@@ -753,7 +755,8 @@ def rescore(directory: Path, *, eval_studies: int | None = None) -> dict[str, An
         profile["eval_studies"] = eval_studies
     t0 = time.monotonic()
     fd = FederatedDataset.open(metrics["data"])
-    scores = evaluate_models({site: Path(p) for site, p in metrics["models"].items()}, Path(metrics["data"]),
+    models = {site: directory / p for site, p in metrics["models"].items()}  # an absolute path stays absolute
+    scores = evaluate_models(models, Path(metrics["data"]),
                              eval_studies=profile["eval_studies"], unseen=list(fd.unseen_sites),
                              image_size=profile["image_size"])  # fmt: skip
     metrics |= scores
