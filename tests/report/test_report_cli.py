@@ -165,3 +165,22 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("train", "evaluate", "generate", "inspect-model"))
+
+
+def test_train_calibrates_the_head_when_asked(env, capsys):
+    from safetensors.torch import load_file
+
+    from fedmrg.report.head_calibration import ABSENT_STATE_BIAS
+
+    config = yaml.safe_load(env["config"].read_text())
+    config["training"] |= {"head_calibration": "lda", "rounds": 1, "local_steps": 1}
+    path = env["root"] / "lda.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = env["root"] / "run-lda"
+    assert main(["train", "--config", str(path), "--data", str(env["data"]), "--site", "site-1", "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "diagnosis head calibrated (LDA) on the pooled features of" in capsys.readouterr().err
+    bias = load_file(str(run / "shared_state.safetensors"))["diagnosis_head.linear.bias"]
+    assert (bias == ABSENT_STATE_BIAS).any()  # fitted from statistics: a state no study had is never predicted
+    before = load_file(str(env["run"] / "shared_state.safetensors"))["diagnosis_head.linear.bias"]
+    assert not (before == ABSENT_STATE_BIAS).any()  # a trained head has no such bias
