@@ -164,6 +164,21 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def parse_sets(items: Iterable[str]) -> list[tuple[str, str, Any]]:
+    """``--set KEY=VALUE`` items -> ``(item, dotted key, value)`` (the value JSON, else the string); ConfigError
+    naming the item on bad syntax or a key given twice."""
+    out, seen = [], set()
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY")
+        if key in seen:
+            raise ConfigError(f"--set {key}: given twice; keep one")
+        seen.add(key)
+        out.append((item, key, _parse_value(text)))
+    return out
+
+
 def _set(node: dict[str, Any], dotted: str, value: Any, where: str) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -213,15 +228,9 @@ class JobOverrides:
     @classmethod
     def parse(cls, sets: Iterable[str]) -> JobOverrides:
         """Parse ``key=value`` strings (values are JSON, else strings); ConfigError naming the item on bad syntax."""
-        out, seen = cls(), set()
-        for item in sets:
-            key, sep, text = item.partition("=")
-            if not sep or not key or any(not part for part in key.split(".")):
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY")
-            if key in seen:
-                raise ConfigError(f"--set {key}: given twice; keep one")
-            seen.add(key)
-            value = _parse_value(text)
+        out = cls()
+        for item, key, value in parse_sets(sets):
+            text = item.partition("=")[2]
             head, _, sub = key.partition(".")
             if key in ("rounds", "min_clients"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:

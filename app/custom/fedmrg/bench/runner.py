@@ -126,19 +126,12 @@ def with_sets(overrides: dict[str, Any], sets: Sequence[str], *, config: str = "
     string) merged in; the result is loaded once on top of ``config`` so that an unknown key or a wrong value is
     refused here, naming the item, not in the first run. ConfigError on bad syntax, a key given twice or a bad
     value."""
-    from fedmrg.job import _parse_value, _set
+    from fedmrg.job import _set, parse_sets
     from fedmrg.report.fl_learner import merge_overrides
 
     extra: dict[str, Any] = {}
-    seen: set[str] = set()
-    for item in sets:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. training.learning_rate=5e-4")
-        if key in seen:
-            raise ConfigError(f"--set {key}: given twice; keep one")
-        seen.add(key)
-        _set(extra, key, _parse_value(text), where=f"--set {item!r}")
+    for item, key, value in parse_sets(sets):
+        _set(extra, key, value, where=f"--set {item!r}")
     merged = merge_overrides(overrides, extra)
     from fedmrg.config import load_yaml
     from fedmrg.report.run_config import packaged_config, run_config_from_dict
