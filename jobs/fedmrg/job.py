@@ -40,6 +40,7 @@ from fedmrg.fl.run_summary import RunSummary
 from fedmrg.fl.shared_state_executor import SharedStateExecutor
 from fedmrg.fl.shared_state_model_locator import SharedStateModelLocator
 from fedmrg.fl.shared_state_persistor import SharedStatePersistor
+from fedmrg.fl.statistics_round import STATISTICS_TASK
 from fedmrg.fl.wire_bytes_meter import WireBytesMeter
 from fedmrg.fl.wire_codec import WireDecodeFilter, WireEncodeFilter
 from fedmrg.job import write_byoc_note
@@ -69,7 +70,9 @@ OVERRIDES: dict[str, Any] = {
 SYNTHETIC: dict[str, Any] = {
     "num_studies": 600, "sites": 3, "unseen_sites": 1, "image_size": 128, "seed": 0, "val_fraction": 0.2,
 }  # fmt: skip
-TASKS = ["train", "validate", "submit_model"]
+#: ``statistics``: the statistics round after the last FL round (``fedmrg.fl.statistics_round``), sent only when the
+#: learner's configuration asks for it (``training.head_calibration: lda``)
+TASKS = ["train", "validate", "submit_model", STATISTICS_TASK]
 #: the codecs of the sites' uploaded deltas and of the global model sent down (``fedmrg.fl.wire_codec``): 8-bit deltas
 #: with a scale per row, 0.27 x the float32 bytes up, and a bfloat16 model, 0.52 x down; the demo ends where float32
 #: ends (docs/results/wire-and-scale.md). ``fedmrg job variant --set secure_aggregation=true`` sets both to float32
@@ -118,7 +121,7 @@ def build_job(*, code_free: bool = False, byoc_dir: Path | None = None) -> FedJo
         _explicit(relay, "extra_keys", "max_items_per_site"), filter_type=FilterType.TASK_DATA, tasks=["train"]
     )
     # the model sent down is encoded right before it is metered; results are decoded right after they are metered
-    for tasks in (["train"], ["validate", "submit_model"]):
+    for tasks in (["train"], ["validate", "submit_model", STATISTICS_TASK]):
         job.to_server(_explicit(WireEncodeFilter(codec=WIRE_DOWN), "codec"), filter_type=FilterType.TASK_DATA, tasks=tasks)
         job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_DATA, tasks=tasks)
     job.to_server(WireBytesMeter(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
@@ -130,19 +133,21 @@ def build_job(*, code_free: bool = False, byoc_dir: Path | None = None) -> FedJo
         learner_args=learner | {"synthetic": SYNTHETIC, "local_steps": 18, "validate_max_studies": 32, "torch_threads": 1},
         val_split="val", test_split="val",
     )  # fmt: skip
-    executor_args = ("learner_path", "learner_args", "data_root_template", "private_dir", "validate_before_train",
-                     "val_split", "test_split", "personalized")  # fmt: skip
+    executor_args = ("learner_path", "learner_args", "data_root_template", "private_dir", "statistics_task",
+                     "validate_before_train", "val_split", "test_split", "personalized")  # fmt: skip
     job.to_clients(_explicit(executor, *executor_args), tasks=TASKS)
     site_dp = SiteDPFilter()  # off unless a variant switches it on (``--set site_dp=true``)
     site_dp_args = ("enabled", "clip_norm", "noise_multiplier", "participation_rate", "delta", "max_epsilon",
                     "accountant", "ledger_path")  # fmt: skip
-    job.to_clients(
-        _explicit(site_dp, *site_dp_args), filter_type=FilterType.TASK_RESULT, tasks=["train", "submit_model"]
-    )
+    job.to_clients(  # on the statistics too: enabled, it withholds them (un-noised) and the server stops the job
+        _explicit(site_dp, *site_dp_args), filter_type=FilterType.TASK_RESULT,
+        tasks=["train", "submit_model", STATISTICS_TASK],
+    )  # fmt: skip
     # encoded last, after clipping and noise on float32; decoded first
-    job.to_clients(
-        _explicit(WireEncodeFilter(codec=WIRE_UP), "codec"), filter_type=FilterType.TASK_RESULT, tasks=["train", "submit_model"]
-    )
+    job.to_clients(  # (statistics are float64 STATISTICS DXOs: not encoded, but FLARE wants one task set per group)
+        _explicit(WireEncodeFilter(codec=WIRE_UP), "codec"), filter_type=FilterType.TASK_RESULT,
+        tasks=["train", "submit_model", STATISTICS_TASK],
+    )  # fmt: skip
     job.to_clients(WireDecodeFilter(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
 
     if not code_free:

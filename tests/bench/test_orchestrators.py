@@ -1,5 +1,7 @@
 """`fedmrg bench run --orchestrator inprocess` and `--orchestrator simulator` train the same model: the same rows on the
-same tiny federation end with bit-identical global and specialized states and the same scores."""
+same tiny federation end with bit-identical global and specialized states and the same scores, with the diagnosis head
+calibrated after the last round (the FLARE job's statistics round against the runner's, for FedMRG; Fed-LoRA has no
+head and runs without it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from fedmrg.cli import main
 from fedmrg.inference.sources import open_source
+from fedmrg.report.head_calibration import ABSENT_STATE_BIAS
 
 METHODS = ("fedmrg", "fedlora")  # with a specialized adapter and the memory bank; without either
 
@@ -27,7 +30,8 @@ def test_in_process_and_simulator_runs_train_the_same_model(tmp_path):
     for orchestrator in ("inprocess", "simulator"):
         argv = ["bench", "run", "--data", str(fed), "--out", str(tmp_path / orchestrator), "--profile", "tiny",
                 "--partitions", "cluster", "--methods", ",".join(METHODS), "--seeds", "0", "--threads", "1",
-                "--no-comm", "--no-report", "--orchestrator", orchestrator]  # fmt: skip
+                "--no-comm", "--no-report", "--orchestrator", orchestrator,
+                "--set", "training.head_calibration=lda"]  # fmt: skip
         assert main(argv) == 0
 
     for method in METHODS:
@@ -45,6 +49,8 @@ def test_in_process_and_simulator_runs_train_the_same_model(tmp_path):
             simulated = open_source(runs["simulator"] / metrics["simulator"]["models"][site])
             a, b = _arrays(in_process.shared_state()), _arrays(simulated.shared_state())
             assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), (method, site)
+            if method == "fedmrg":  # the head is the calibrated one (a trained head's biases are never -1e4)
+                assert (b["diagnosis_head.linear.bias"] == np.float32(ABSENT_STATE_BIAS)).any()
             if method == "fedmrg":  # each site's specialized adapter, trained in its own process, equal too
                 assert site in simulated.sites and site in in_process.sites
                 pa, pb = _arrays(in_process.private_state(site)), _arrays(simulated.private_state(site))

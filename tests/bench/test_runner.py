@@ -237,6 +237,3 @@ def test_head_calibration_replaces_the_head_of_every_row_that_has_one(tiny_fed, 
             # a head fitted from statistics: states no training study had are never predicted (a trained head's
             # biases are never -1e4)
             assert (bias == np.float32(ABSENT_STATE_BIAS)).any(), (method, model)
-    with pytest.raises(ConfigError, match="no head-calibration round"):
-        runner.run_simulator(runner.RunSpec("cluster", "fedmrg", 0, tiny_fed / "cluster", tmp_path / "sim"), profile,
-                             threads=1, on_round=lambda r: None)  # fmt: skip

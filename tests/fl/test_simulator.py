@@ -41,7 +41,8 @@ def _edit(path: Path, fn) -> None:
 
 
 def _make_job(
-    tmp: Path, *, num_rounds: int, toy_args: dict, cross_site: bool, state_dir: str = "", private_dir: str = ""
+    tmp: Path, *, num_rounds: int, toy_args: dict, cross_site: bool, state_dir: str = "", private_dir: str = "",
+    result_filters: tuple[dict, ...] = (),
 ) -> Path:
     job = tmp / "job"
     shutil.rmtree(job, ignore_errors=True)
@@ -60,8 +61,8 @@ def _make_job(
     def client(cfg):
         cfg["executors"][0]["executor"]["args"] |= {"learner_args": toy_args, "private_dir": private_dir}
         recorder = {"path": "wire_recorder.WireRecorder", "args": {"out_dir": rec_dir}}
-        tasks = ["train", "validate", "submit_model"]
-        cfg["task_result_filters"] = [{"tasks": tasks, "filters": [recorder]}]
+        tasks = ["train", "validate", "submit_model", "statistics"]
+        cfg["task_result_filters"] = [{"tasks": tasks, "filters": [*result_filters, recorder]}]
         cfg["task_data_filters"] = [{"tasks": tasks, "filters": [recorder]}]
 
     _edit(job / "app" / "config" / "config_fed_server.json", server)
@@ -250,3 +251,51 @@ def test_an_evaluation_only_site_is_not_sent_the_train_task(tmp_path, announced)
     summary = json.loads((ws / "server" / "simulate_job" / "app_server" / "summary" / "summary.json").read_text())
     aggregated = {r["round"]: sorted(s for s, v in r["sites"].items() if v.get("accepted")) for r in summary["rounds"]}
     assert aggregated == {r: ["site-1", "site-2"] for r in range(3)}
+
+
+def _pooled_input_mean(toy_args: dict, tmp: Path) -> np.ndarray:
+    from fedmrg.fl.site_config import SiteConfig
+
+    total, count = 0.0, 0
+    for site in SITES:
+        learner = ToyLearner(**toy_args)
+        learner.runs_statistics_round = True
+        (tmp / site).mkdir(parents=True)
+        learner.setup(site, str(tmp / site), SiteConfig(site=site))
+        stats = learner.round_statistics({})
+        total, count = total + stats["sum_x"], count + stats["count"][0]
+    return total / count
+
+
+@pytest.mark.slow
+def test_the_statistics_round_ends_the_run_with_the_model_of_every_sites_statistics(tmp_path):
+    toy = TOY_ARGS | {"statistics_round": True}
+    job = _make_job(tmp_path, num_rounds=2, toy_args=toy, cross_site=True)
+    ws = tmp_path / "ws"
+    proc = _simulate(job, ws)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final, meta = load_state(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.safetensors")
+    assert meta["round"] == "1"  # saved as the last round's model: a resumed job redoes only the statistics round
+    # the server derived the final model from the sum of both sites' statistics (the pooled input mean)
+    expected = -(final["shared.weight"].astype(np.float64) @ _pooled_input_mean(toy, tmp_path / "check"))
+    np.testing.assert_allclose(final["shared.bias"], expected, rtol=1e-5, atol=1e-6)
+    assert "statistics round: 2 sites" in _server_log(ws)
+    for site in SITES:
+        ups = [r for r in _jsonl(tmp_path / "wire" / f"{site}.jsonl") if r["task"] == "statistics"]
+        assert [(r["direction"], r["kind"], r["keys"], r["dtypes"]) for r in ups if r["direction"] == "up"] == [
+            ("up", "STATISTICS", ["count", "sum_x"], ["float64"])
+        ]
+
+
+@pytest.mark.slow
+def test_site_level_dp_withholds_the_statistics_and_the_job_stops_without_them(tmp_path):
+    toy = TOY_ARGS | {"statistics_round": True}
+    dp = {"path": "fedmrg.privacy.site_dp_filter.SiteDPFilter", "args": {"enabled": True, "noise_multiplier": 1.0}}
+    job = _make_job(tmp_path, num_rounds=1, toy_args=toy, cross_site=False, result_filters=(dp,))
+    ws = tmp_path / "ws"
+    _simulate(job, ws)
+    log = _server_log(ws)
+    assert "not every training site sent statistics" in log and "site-level DP: un-noised statistics" in log
+    final, _ = load_state(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.safetensors")
+    centred = -(final["shared.weight"].astype(np.float64) @ _pooled_input_mean(toy, tmp_path / "check"))
+    assert not np.allclose(final["shared.bias"], centred, atol=1e-3)  # the last round's model, not a derived one

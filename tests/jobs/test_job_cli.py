@@ -188,9 +188,9 @@ def _wire(job: Path) -> dict[str, list]:
 def test_variant_sets_the_wire_codecs_and_replaces_the_jobs_own(tmp_path):
     v = write_variant(JOB, tmp_path / "v", ["wire.up=int8-row", "wire.down=bfloat16"])
     wire = _wire(v)
-    assert ("client", "task_result_filters", ("submit_model", "train"), ENCODE, "int8-row") in wire
+    assert ("client", "task_result_filters", ("statistics", "submit_model", "train"), ENCODE, "int8-row") in wire
     assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in wire
-    assert ("client", "task_data_filters", ("submit_model", "train", "validate"), DECODE, None) in wire
+    assert ("client", "task_data_filters", ("statistics", "submit_model", "train", "validate"), DECODE, None) in wire
     # decoded on the server right after the byte meter (it counts the encoded bytes), before the aggregator
     (chain,) = [c for c in _cfg(v, "server")["task_result_filters"] if "train" in c["tasks"]]
     paths = [f["path"] for f in chain["filters"]]
@@ -243,7 +243,7 @@ def test_variant_refuses_an_encoded_upload_with_secure_aggregation(tmp_path):
 
 
 def test_the_job_sends_8_bit_deltas_up_and_a_16_bit_model_down_unless_secure_aggregation_is_on(tmp_path, capsys):
-    assert ("client", "task_result_filters", ("submit_model", "train"), ENCODE, "int8-row") in _wire(JOB)
+    assert ("client", "task_result_filters", ("statistics", "submit_model", "train"), ENCODE, "int8-row") in _wire(JOB)
     assert ("server", "task_data_filters", ("train",), ENCODE, "bfloat16") in _wire(JOB)
     # the client encodes after the DP filter (clip and noise act on float32 values)
     (chain,) = [c for c in _cfg(JOB, "client")["task_result_filters"] if "train" in c["tasks"]]

@@ -44,6 +44,11 @@ def test_site_statistics_sum_to_the_pooled_statistics_and_travel_as_arrays():
     assert again.count == 90 and np.array_equal(again.sums, summed.sums)
     with pytest.raises(ValueError, match="feature widths differ"):
         summed + HeadStatistics.zeros(3)
+    arrays = summed.to_arrays()
+    with pytest.raises(ValueError, match="need count, scatter, sums, counts"):
+        HeadStatistics.from_arrays({k: v for k, v in arrays.items() if k != "counts"})
+    with pytest.raises(ValueError, match="shapes"):
+        HeadStatistics.from_arrays(arrays | {"sums": arrays["sums"][:, :, :3]})
 
 
 def test_the_lda_head_of_skewed_sites_reads_the_finding_that_their_average_head_misses():
@@ -107,11 +112,12 @@ def test_the_configuration_refuses_what_it_cannot_honour(tmp_path, tiny_llama_di
         FedMRGLearner(config=_config(tmp_path, tiny_llama_dir, **extra))._load_config()
 
 
-def test_a_flare_site_refuses_calibration_it_has_no_round_for(tmp_path, tiny_llama_dir):
+def test_a_site_whose_job_runs_no_statistics_round_refuses_calibration(tmp_path, tiny_llama_dir):
     from fedmrg.fl.site_config import SiteConfig
     from fedmrg.report.fl_learner import FedMRGLearner
 
     learner = FedMRGLearner(config=_config(tmp_path, tiny_llama_dir))
-    with pytest.raises(ConfigError, match=r"head_calibration: lda` needs a statistics round .*set `training"):
+    assert learner.needs_statistics_round()
+    with pytest.raises(ConfigError, match=r"head_calibration: lda` needs the statistics round .*`statistics_task`"):
         learner.setup("site-1", str(tmp_path / "ws"), SiteConfig(site="site-1", data_root=str(tmp_path / "none")))
     assert learner._data is None  # refused before any data is read

@@ -191,3 +191,13 @@ def test_secure_aggregation_of_a_vision_job_matches_plain_fedavg(tmp_path):
     ws = _simulate_recording_plain_deltas(job, tmp_path)
     initial = VisionLearner(**args).initial_shared_state()
     _check_final_model(ws, tmp_path / "rec", [SITES, SITES], initial=initial, clip=clip)
+
+
+@pytest.mark.slow
+def test_a_learner_that_needs_the_statistics_round_is_refused_under_secure_aggregation(tmp_path):
+    job = _make_job(tmp_path, TOY | {"statistics_round": True}, min_clients=3, wait=0)
+    ws = tmp_path / "ws"
+    _simulate(job, ws)
+    log = (ws / "server" / "log.txt").read_text()
+    assert "statistics round after training (`training.head_calibration`) would send each site's statistics" in log
+    assert "secure aggregation with" not in log  # refused before the first round

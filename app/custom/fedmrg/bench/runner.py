@@ -358,24 +358,19 @@ def _make_learner(spec: RunSpec, profile: Profile, threads: int) -> Any:
     learner = FedMRGLearner(config=profile.config, overrides=profile.run_overrides(spec.method, spec.seed),
                             local_steps=profile.local_steps, validate_max_studies=profile.val_studies,
                             torch_threads=threads)  # fmt: skip
-    learner.runs_head_calibration = True  # run_federated / run_local_only / run_centralized run it after the rounds
+    learner.runs_statistics_round = True  # run_federated / run_local_only / run_centralized run it after the rounds
     return learner
 
 
 def _calibrated(learners: dict[str, Any], state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``state`` with its diagnosis head replaced by the LDA head of the learners' summed statistics when the run
-    configuration asks for it (``training.head_calibration: lda``); else ``state`` itself."""
-    from fedmrg.report.head_calibration import HeadStatistics, head_state
+    """``state`` after the statistics round of the FLARE job (:mod:`fedmrg.fl.statistics_round`) over ``learners``
+    when their configuration asks for it (``training.head_calibration: lda``); else ``state`` itself."""
+    from fedmrg.fl.statistics_round import needs_statistics_round, sum_statistics
 
-    t = next(iter(learners.values()))._load_config().training
-    if t.head_calibration == "none":
+    first = next(iter(learners.values()))
+    if not needs_statistics_round(first):
         return state
-    stats = None
-    for learner in learners.values():
-        site_stats = learner.head_statistics(state)
-        stats = site_stats if stats is None else stats + site_stats
-    assert isinstance(stats, HeadStatistics)
-    return state | head_state(stats, shrinkage=t.head_calibration_shrinkage)
+    return first.finish_state(state, sum_statistics({s: lrn.round_statistics(state) for s, lrn in learners.items()}))
 
 
 def _setup_sites(spec: RunSpec, profile: Profile, sites: list[str], work: Path, threads: int) -> dict[str, Any]:
@@ -626,9 +621,6 @@ def run_simulator(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
         raise ConfigError(f"--orchestrator simulator runs federated methods only, not {spec.method!r}")
     fd = FederatedDataset.open(spec.data)
     sites, unseen = list(fd.sites), list(fd.unseen_sites)
-    if _make_learner(spec, profile, threads)._load_config().training.head_calibration != "none":
-        raise ConfigError("--orchestrator simulator: the FLARE job has no head-calibration round yet; use the "
-                          "in-process orchestrator or set training.head_calibration=none")  # fmt: skip
     learner_overrides = profile.run_overrides(spec.method, spec.seed)
     sets = [  # overrides first: `rounds=` then sets the schedule's rounds inside them too
         f"learner.overrides={json.dumps(learner_overrides)}",

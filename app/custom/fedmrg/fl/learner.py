@@ -21,6 +21,12 @@ learner with ``apply_site_config(config: SiteConfig)`` gets the participant's ow
 model is built (the server's from :class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`; at a site the
 learner calls it from ``setup``), e.g. for local model directories (``model_paths``).
 
+Optional statistics round (:mod:`fedmrg.fl.statistics_round`): a learner with ``needs_statistics_round()``,
+``round_statistics(global_state)`` (site: additive float arrays) and ``finish_state(global_state, summed)`` (server,
+no ``setup``) gets one more exchange after the last round, in which the server derives the final global model from
+the sum of every training site's statistics; such a learner declares ``runs_statistics_round = False``, which the
+executor sets to True before ``setup`` when the job sends the ``statistics`` task.
+
 Site settings arrive typed (:class:`~fedmrg.fl.site_config.SiteConfig`, already checked for unknown keys and types).
 A learner must honour every setting it is given or raise :class:`~fedmrg.errors.ConfigError` in ``setup`` naming
 ``config.where(key)`` (e.g. ``model_paths`` it cannot apply). Privacy: a learner that trains with DP-SGD when

@@ -25,6 +25,13 @@ times; after that the job stops with an error naming every site and why (no resu
 ``min_clients: 1`` is the only way to let one site's update become the global model. Every round's participation
 (targets, valid sites, failed sites with reasons, missing sites) is published as the ``ROUND_PARTICIPATION`` event
 for :class:`~fedmrg.fl.run_summary.RunSummary`.
+
+Statistics round. When the persistor's learner asks for it (:mod:`fedmrg.fl.statistics_round`; FedMRG with
+``training.head_calibration: lda``), the last round is followed by one ``statistics`` task with the final global
+model to every training site; the server sums the sites' statistics, the learner's ``finish_state`` makes the final
+global model (FedMRG: the diagnosis head refitted), and the persistor saves it before cross-site evaluation. Every
+training site must answer: a failed, withheld (site-level DP) or missing reply stops the job with the reasons, and the
+last round's model stays saved. A restarted job whose rounds are all done runs the statistics round again.
 """
 
 from __future__ import annotations
@@ -32,15 +39,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from nvflare.apis.controller_spec import ClientTask, Task, TaskCompletionStatus
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+from nvflare.security.logging import secure_format_exception
 
 from fedmrg.fl.checks import check_int
 from fedmrg.fl.constants import FedHeaderKey
+from fedmrg.fl.learner import check_state
+from fedmrg.fl.statistics_round import STATISTICS_TASK, check_statistics, needs_statistics_round, sum_statistics
 
 #: server-local event fired after every train broadcast (each attempt of a round); the record is the
 #: ``PARTICIPATION_PROP`` prop: ``{"round", "attempt", "targets", "valid", "failed": {site: reason}, "missing":
@@ -134,6 +147,74 @@ class ResumableScatterAndGather(ScatterAndGather):
         else:
             self.log_info(fl_ctx, f"resuming training at round {resume_round} (rounds {resume_round}..{end - 1})")
         self._current_round = resume_round
+
+    # -- statistics round ---------------------------------------------------------------------------------------
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        super().control_flow(abort_signal, fl_ctx)
+        if self._phase != AppConstants.PHASE_FINISHED or abort_signal.triggered:
+            return  # stopped, aborted or failed (ScatterAndGather has called system_panic)
+        learner = self.server_learner(fl_ctx)
+        if learner is None or not needs_statistics_round(learner):
+            return
+        try:
+            self.run_statistics_round(learner, abort_signal, fl_ctx)
+        except Exception as e:
+            self.system_panic(f"statistics round: {secure_format_exception(e)}", fl_ctx)
+
+    def server_learner(self, fl_ctx: FLContext) -> Any:
+        """The persistor's learner (:class:`~fedmrg.fl.shared_state_persistor.SharedStatePersistor`), or None."""
+        get = getattr(self.persistor, "server_learner", None)
+        return get(fl_ctx) if callable(get) else None
+
+    def run_statistics_round(self, learner: Any, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        """Send the final global model to every training site, sum their statistics, save the learner's final
+        model. RuntimeError naming every site that did not send valid statistics."""
+        state = dict(self._global_weights[ModelLearnableKey.WEIGHTS])
+        targets = self.training_sites()
+        if not targets:
+            raise RuntimeError("no training site is connected")
+        received: dict[str, dict[str, Any]] = {}
+        failed: dict[str, str] = {}
+
+        def on_result(client_task: ClientTask, fl_ctx: FLContext) -> None:
+            site, result = client_task.client.name, client_task.result
+            client_task.result = None
+            rc = result.get_return_code(ReturnCode.OK) if result is not None else ReturnCode.EMPTY_RESULT
+            if rc != ReturnCode.OK:
+                message = result.get_header(FedHeaderKey.ERROR, "") if result is not None else ""
+                failed[site] = f"error {rc}" + (f": {message}" if message else "")
+                return
+            try:
+                dxo = from_shareable(result)
+                if dxo.data_kind != DataKind.STATISTICS:
+                    raise ValueError(f"expected a STATISTICS DXO, got {dxo.data_kind}")
+                received[site] = check_statistics(dxo.data, what=site)
+            except Exception as e:
+                failed[site] = f"invalid statistics: {secure_format_exception(e)}"
+
+        self.log_info(fl_ctx, f"statistics round: final global model to {targets}")
+        task = Task(name=STATISTICS_TASK, data=DXO(DataKind.WEIGHTS, data=state).to_shareable(),
+                    timeout=self._train_timeout, result_received_cb=on_result)  # fmt: skip
+        task.data.set_header(AppConstants.CURRENT_ROUND, self._current_round)
+        super().broadcast_and_wait(task, fl_ctx, targets, len(targets), 0, abort_signal)
+        if abort_signal.triggered:
+            return
+        missing = [s for s in targets if s not in received and s not in failed]
+        if failed or missing:
+            why = "; ".join([f"{s}: {r}" for s, r in failed.items()] + [f"{s}: no reply" for s in missing])
+            raise RuntimeError(f"not every training site sent statistics ({why}); the job stops and the last "
+                               "round's global model stays saved, without the statistics round")  # fmt: skip
+        summed = sum_statistics(received)
+        final = check_state(learner.finish_state(state, summed), sorted(state), what="finish_state()")
+        changed = sorted(k for k in final if not np.array_equal(final[k], state[k]))
+        self._global_weights = make_model_learnable(final, dict(self._global_weights.get(ModelLearnableKey.META) or {}))
+        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+        fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self._current_round - 1, private=True, sticky=True)
+        if self.persistor:
+            self.persistor.save(self._global_weights, fl_ctx)  # as the last round's model: a resume redoes only this
+        nbytes = sum(v.nbytes for stats in received.values() for v in stats.values())
+        self.log_info(fl_ctx, f"statistics round: {len(received)} sites, {nbytes} bytes of statistics; final global "
+                              f"model saved ({len(changed)} keys changed: {changed[:4]})")  # fmt: skip
 
     # -- evaluation-only sites ----------------------------------------------------------------------------------
     def training_sites(self) -> list[str]:

@@ -13,10 +13,13 @@ Tasks:
   ``personalized``, also with the site's private part (the same keys prefixed ``personalized_``); returns a METRICS
   DXO. A personalized model never leaves its site, so "site A's personalized model on site B's data" cannot exist:
   each site personalizes every received model with its own private part;
-- ``submit_model`` (cross-site evaluation): returns the site's last local shared state as a WEIGHTS DXO.
+- ``submit_model`` (cross-site evaluation): returns the site's last local shared state as a WEIGHTS DXO;
+- ``statistics`` (once, after the last FL round, when the learner asks for it; :mod:`fedmrg.fl.statistics_round`):
+  receives the final global model (WEIGHTS DXO) and returns the learner's ``round_statistics`` of it as a STATISTICS
+  DXO of float arrays (e.g. FedMRG's head statistics for ``training.head_calibration: lda``).
 
 A site whose ``fedmrg_site.json`` says ``"role": "evaluate"`` (see :mod:`fedmrg.fl.site_config`) declines ``train``
-with ``TASK_UNSUPPORTED`` and the header ``FedHeaderKey.ROLE`` (our ScatterAndGather sends it no further ``train``
+and ``statistics`` with ``TASK_UNSUPPORTED`` and the header ``FedHeaderKey.ROLE`` (our ScatterAndGather sends it no further ``train``
 tasks; see :mod:`fedmrg.fl.resumable_scatter_and_gather`) and takes part in cross-site evaluation only: the benchmark's unseen site. A site's ``test_split`` in ``fedmrg_site.json``
 replaces the job's (an unseen site of a prepared dataset has only ``test``).
 
@@ -65,6 +68,7 @@ from fedmrg.fl.constants import FedHeaderKey, FedMetaKey
 from fedmrg.fl.learner import SharedStateLearner, State, TrainOutcome, build_learner, check_state
 from fedmrg.fl.site_config import SITE_CONFIG_FILE, load_site_config, resolve_data_root
 from fedmrg.fl.state_files import load_state, replace_dir, save_state
+from fedmrg.fl.statistics_round import STATISTICS_TASK, check_statistics
 from fedmrg.privacy.dp_config import DP_EPSILON_METRIC
 from fedmrg.privacy.errors import PrivacyBudgetExhausted
 
@@ -93,6 +97,7 @@ class SharedStateExecutor(Executor):
         train_task: str = AppConstants.TASK_TRAIN,
         validate_task: str = AppConstants.TASK_VALIDATION,
         submit_model_task: str = AppConstants.TASK_SUBMIT_MODEL,
+        statistics_task: str = STATISTICS_TASK,
         validate_before_train: bool = True,
         val_split: str = "val",
         test_split: str = "test",
@@ -114,6 +119,9 @@ class SharedStateExecutor(Executor):
             train_task: name of the training task. Defaults to ``"train"``.
             validate_task: name of the cross-site validation task. Defaults to ``"validate"``.
             submit_model_task: name of the cross-site model-submission task. Defaults to ``"submit_model"``.
+            statistics_task: name of the statistics round's task after the last FL round
+                (:mod:`fedmrg.fl.statistics_round`); ``""``: the job runs no such round, and a learner that needs it
+                refuses at setup. Defaults to ``"statistics"``.
             validate_before_train: validate the received global model on ``val_split`` before training each round
                 and report it as ``MetaKey.INITIAL_METRICS`` (best-model selection, summary). Defaults to True.
             val_split: split used by ``validate_before_train``. Defaults to ``"val"``.
@@ -133,6 +141,7 @@ class SharedStateExecutor(Executor):
             ("private_dir", private_dir),
             ("submit_model_task", submit_model_task),
             ("validate_task", validate_task),
+            ("statistics_task", statistics_task),
         ):
             check_str(name, value)
         for name, value in (("train_task", train_task), ("val_split", val_split), ("test_split", test_split)):
@@ -148,6 +157,7 @@ class SharedStateExecutor(Executor):
         self.train_task = train_task
         self.validate_task = validate_task
         self.submit_model_task = submit_model_task
+        self.statistics_task = statistics_task
         self.validate_before_train = validate_before_train
         self.val_split = val_split
         self.test_split = test_split
@@ -196,6 +206,8 @@ class SharedStateExecutor(Executor):
                     f"DP-SGD or remove `dp_sgd` from the file"
                 )
             self._dp_sgd_required = site_cfg.requires_dp_sgd
+            if self.statistics_task and hasattr(self.learner, "runs_statistics_round"):
+                self.learner.runs_statistics_round = True  # this job's server sends the statistics task
             self.learner.setup(self._site, str(app_dir), site_cfg)
             self._keys = sorted(self.learner.shared_keys())
             private = self._private_root / _PRIVATE_SUBDIR
@@ -238,8 +250,8 @@ class SharedStateExecutor(Executor):
             self.log_error(fl_ctx, message)
             return _error_reply(ReturnCode.EXECUTION_EXCEPTION, message)
         try:
-            if task_name == self.train_task and self._role == "evaluate":
-                message = f"{where}: evaluation-only site (role 'evaluate'): train declined"
+            if task_name in (self.train_task, self.statistics_task) and self._role == "evaluate":
+                message = f"{where}: evaluation-only site (role 'evaluate'): {task_name} declined"
                 self.log_info(fl_ctx, message)
                 reply = _error_reply(ReturnCode.TASK_UNSUPPORTED, message)
                 reply.set_header(FedHeaderKey.ROLE, self._role)  # the server stops sending it train tasks
@@ -250,6 +262,8 @@ class SharedStateExecutor(Executor):
                 return self._validate(shareable, fl_ctx, where)
             if self.submit_model_task and task_name == self.submit_model_task:
                 return self._submit_model(fl_ctx, where)
+            if self.statistics_task and task_name == self.statistics_task:
+                return self._statistics(shareable, fl_ctx, where)
             self.log_error(fl_ctx, f"{where}: unknown task")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except _TaskError as e:
@@ -372,6 +386,17 @@ class SharedStateExecutor(Executor):
             metrics |= {f"{PERSONALIZED_PREFIX}{k}": v for k, v in personalized.items()}
         self.log_info(fl_ctx, f"{where}: model of {owner} on {self._test_split}: {_fmt(metrics)}")
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
+
+    def _statistics(self, shareable: Shareable, fl_ctx: FLContext, where: str) -> Shareable:
+        hook = getattr(self.learner, "round_statistics", None)
+        if not callable(hook):
+            raise _TaskError(f"{self.learner_path} has no `round_statistics` (no statistics round)",
+                             ReturnCode.TASK_UNSUPPORTED)  # fmt: skip
+        state, _ = self._received_state(shareable, f"{where}, final global model")
+        statistics = check_statistics(hook(state), what=f"round_statistics() ({where})")
+        nbytes = sum(v.nbytes for v in statistics.values())
+        self.log_info(fl_ctx, f"{where}: sending statistics of the final global model ({nbytes} bytes)")
+        return DXO(data_kind=DataKind.STATISTICS, data=statistics).to_shareable()
 
     def _submit_model(self, fl_ctx: FLContext, where: str) -> Shareable:
         path = self._private_root / _LOCAL_MODEL_FILE

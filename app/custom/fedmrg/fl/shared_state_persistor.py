@@ -33,8 +33,8 @@ from nvflare.security.logging import secure_format_exception
 
 from fedmrg.errors import ConfigError
 from fedmrg.fl.checks import check_bool, check_dict, check_dotted_path, check_str
-from fedmrg.fl.learner import State, build_learner, check_state, state_nbytes
-from fedmrg.fl.site_config import load_site_config
+from fedmrg.fl.learner import SharedStateLearner, State, build_learner, check_state, state_nbytes
+from fedmrg.fl.site_config import SiteConfig, load_site_config
 from fedmrg.fl.state_files import load_state, save_state
 
 
@@ -157,6 +157,20 @@ class SharedStatePersistor(ModelPersistor):
             path = path if path.is_absolute() else self._app_root / path
             state, _ = load_state(path)
             return check_state(state, None, what=f"initial state file {path}"), str(path)
+        learner, site_config = self._build_server_learner(fl_ctx)
+        keys = sorted(learner.shared_keys())
+        state = check_state(learner.initial_shared_state(), keys, what=f"{self.learner_path}.initial_shared_state()")
+        source = f"{self.learner_path}.initial_shared_state()"
+        if site_config.model_paths:
+            source += f" with the model_paths of fedmrg_site.json {site_config.model_paths}"
+        return state, source
+
+    def server_learner(self, fl_ctx: FLContext) -> SharedStateLearner:
+        """A new server-side learner (no ``setup``; the server's own ``fedmrg_site.json`` section applied): it gives
+        the initial model and, after training, the statistics round's final model."""
+        return self._build_server_learner(fl_ctx)[0]
+
+    def _build_server_learner(self, fl_ctx: FLContext) -> tuple[SharedStateLearner, SiteConfig]:
         learner = build_learner(self.learner_path, self.learner_args)
         workspace = fl_ctx.get_engine().get_workspace()
         # the server reads its own section only; every site checks the section names against the job's clients
@@ -168,12 +182,7 @@ class SharedStatePersistor(ModelPersistor):
                 f"{site_config.where('model_paths')}: {self.learner_path} takes no site settings (no "
                 f"`apply_site_config`); remove `model_paths` from the server's file"
             )
-        keys = sorted(learner.shared_keys())
-        state = check_state(learner.initial_shared_state(), keys, what=f"{self.learner_path}.initial_shared_state()")
-        source = f"{self.learner_path}.initial_shared_state()"
-        if site_config.model_paths:
-            source += f" with the model_paths of fedmrg_site.json {site_config.model_paths}"
-        return state, source
+        return learner, site_config
 
     def get_resume_round(self, fl_ctx: FLContext) -> int | None:
         """The round to continue at when the model was resumed from ``state_dir``; None for a fresh start."""

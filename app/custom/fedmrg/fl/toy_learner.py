@@ -51,6 +51,9 @@ class ToyLearner:
         fail_round: the round in which ``fail_sites`` fail; -1 never.
         nan_sites: sites whose ``train`` returns a NaN shared state in round ``nan_round`` (fault injection).
         nan_round: the round in which ``nan_sites`` return NaN; -1 never.
+        statistics_round: ask for the statistics round after the last FL round (:mod:`fedmrg.fl.statistics_round`):
+            each site sends the sum and count of its training inputs, and the final ``shared.bias`` centres the
+            first layer on the pooled input mean (``-W @ mean_x``).
         require_data_root: ``setup`` raises ConfigError when the site's data root is not an existing folder (as a
             real learner does). When the folder holds ``train.npz`` (arrays ``x`` (n, in_features) and ``y`` (n, 1),
             float32), the site trains on it instead of its generated split; a file that does not load, or holds other
@@ -72,6 +75,7 @@ class ToyLearner:
         nan_sites: list[str] | None = None,
         nan_round: int = -1,
         require_data_root: bool = False,
+        statistics_round: bool = False,
     ) -> None:
         for name, value in (("in_features", in_features), ("hidden", hidden), ("num_train", num_train)):
             if not isinstance(value, int) or value < 1:
@@ -91,6 +95,8 @@ class ToyLearner:
         self.nan_sites = nan_sites
         self.nan_round = nan_round
         self.require_data_root = require_data_root
+        self.statistics_round = statistics_round
+        self.runs_statistics_round = False
         self.site_name = ""
         self.rounds_trained = 0
         self._events: Path | None = None
@@ -125,6 +131,8 @@ class ToyLearner:
         root = config.data_root
         if self.require_data_root and not Path(root).is_dir():
             raise ConfigError(f"site {site_name!r}: data root {root or '(none)'} does not exist")
+        if self.statistics_round and not self.runs_statistics_round:
+            raise ConfigError(f"site {site_name!r}: `statistics_round` needs a job that runs the statistics round")
         self.site_name = site_name
         self.shared, self.head = self._build()
         self.generic_head = torch.nn.Linear(self.hidden, 1)
@@ -134,6 +142,19 @@ class ToyLearner:
             self.data["train"] = self._read_train(Path(root) / TRAIN_FILE)
         self._events = Path(workspace_dir) / EVENTS_FILE
         self._log("setup", data_root=config.data_root, config_keys=list(config.explicit_keys))
+
+    # -- the statistics round ----------------------------------------------------------------------------------
+    def needs_statistics_round(self) -> bool:
+        return self.statistics_round
+
+    def round_statistics(self, global_state: State) -> dict[str, np.ndarray]:
+        x = self.data["train"][0].double().numpy()
+        return {"sum_x": x.sum(0), "count": np.array([x.shape[0]], dtype=np.float64)}
+
+    def finish_state(self, global_state: State, statistics: dict[str, np.ndarray]) -> State:
+        mean_x = statistics["sum_x"] / statistics["count"][0]
+        bias = -(global_state["shared.weight"].astype(np.float64) @ mean_x)
+        return dict(global_state) | {"shared.bias": bias.astype(np.float32)}
 
     def _read_train(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         try:

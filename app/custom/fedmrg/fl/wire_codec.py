@@ -49,6 +49,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from fedmrg.errors import ConfigError
+from fedmrg.fl.statistics_round import STATISTICS_TASK
 from fedmrg.privacy.secure_aggregation.constants import SecAggKey
 
 CODECS = ("float32", "bfloat16", "float16", "int8-tensor", "int8-row")
@@ -294,7 +295,7 @@ def apply_wire_codec(
     ``up`` encodes the client's ``train`` / ``submit_model`` results last in its chain (after a DP filter: clip and
     noise on float32 first) and decodes them on the server right after its
     :class:`~fedmrg.fl.wire_bytes_meter.WireBytesMeter`; ``down`` (16-bit or ``float32``) encodes the server's
-    ``train`` / ``validate`` / ``submit_model`` task data right before its meter and decodes it first on the client.
+    ``train`` / ``validate`` / ``submit_model`` / ``statistics`` task data right before its meter and decodes it first on the client.
 
     Raises:
         ConfigError: unknown codec, an 8-bit ``down`` codec, a job with secure aggregation, or codec filters
@@ -311,11 +312,11 @@ def apply_wire_codec(
         raise ConfigError("the job already has wire-codec filters")
     decode = {"path": _DECODE, "args": {}}
     if up != "float32":
-        tasks = ["train", "submit_model"]
+        tasks = ["train", "submit_model", STATISTICS_TASK]  # statistics (float64 STATISTICS) pass unencoded
         _insert(client, "task_result_filters", tasks, {"path": _ENCODE, "args": {"codec": up}}, "last")
         _insert(server, "task_result_filters", tasks, decode, "after-meter")
     if down != "float32":
-        tasks = ["train", "validate", "submit_model"]
+        tasks = ["train", "validate", "submit_model", STATISTICS_TASK]
         _insert(server, "task_data_filters", tasks, {"path": _ENCODE, "args": {"codec": down}}, "before-meter")
         _insert(client, "task_data_filters", tasks, decode, "first")
 

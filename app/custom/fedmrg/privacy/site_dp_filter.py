@@ -28,7 +28,9 @@ so the guarantee holds against the server too (no trust in the aggregator). Assu
 
 What it does not protect: validation metrics (other splits), the sample count used as FedAvg weight (``steps x
 batch size``), and the model the site submits for cross-site evaluation: with the filter enabled a WEIGHTS result
-(``submit_model``) is refused (EMPTY_RESULT), because un-noised local weights would void the guarantee.
+(``submit_model``) is refused (EMPTY_RESULT), because un-noised local weights would void the guarantee, and so are
+the statistics of the statistics round after training (a STATISTICS result, :mod:`fedmrg.fl.statistics_round`):
+the server then stops the job, naming the site and this reason.
 
 With 3-10 sites and q = 1 epsilon is large for any useful noise level; see ``scripts/dp_site_level_table.py``.
 """
@@ -48,7 +50,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.app_common.app_constant import AppConstants
 
-from fedmrg.fl.constants import FedMetaKey
+from fedmrg.fl.constants import FedHeaderKey, FedMetaKey
 from fedmrg.privacy.errors import PrivacyBudgetExhausted
 
 #: DXO meta key of the filter's report: ``{"epsilon", "delta", "noise_multiplier", "clip_norm", "rounds", ...}``.
@@ -178,13 +180,18 @@ class SiteDPFilter(DXOFilter):
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         except _Withheld as e:
             self.log_warning(fl_ctx, f"site-level DP: {e}")
-            return make_reply(ReturnCode.EMPTY_RESULT)
+            reply = make_reply(ReturnCode.EMPTY_RESULT)
+            reply.set_header(FedHeaderKey.ERROR, f"site-level DP: {e}")  # the server says why the result is missing
+            return reply
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         if not self.enabled:
             return None
         if dxo.data_kind == DataKind.WEIGHTS:
             raise _Withheld("un-noised model weights (e.g. submit_model for cross-site evaluation) are not released")
+        if dxo.data_kind == DataKind.STATISTICS:
+            raise _Withheld("un-noised statistics (the statistics round after training: `training.head_calibration`) "
+                            "are not released; set `training.head_calibration: none` with site-level DP")  # fmt: skip
         if dxo.data_kind != DataKind.WEIGHT_DIFF:
             return None  # metrics of validation on other splits pass (not covered; see the module docstring)
         r = shareable.get_header(AppConstants.CURRENT_ROUND)

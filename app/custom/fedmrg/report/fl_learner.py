@@ -174,9 +174,9 @@ class FedMRGLearner:
         self.torch_threads = torch_threads
 
         self.model_paths: dict[str, str] = {}
-        #: set by a caller that runs the head-calibration round after the last round (``fedmrg bench``); the FLARE
-        #: job has no such round yet, so there ``training.head_calibration`` other than none is refused at setup
-        self.runs_head_calibration = False
+        #: set True by whoever runs the statistics round after the last FL round (the FLARE executor of a job with
+        #: the ``statistics`` task, ``fedmrg bench``); without it ``training.head_calibration`` is refused at setup
+        self.runs_statistics_round = False
         self._site_config: SiteConfig | None = None
         self._run_config: RunConfig | None = None
         self._model: FedMRGModel | None = None
@@ -285,11 +285,11 @@ class FedMRGLearner:
         if threads > 0:
             torch.set_num_threads(threads)
         cfg = self._load_config()  # every configuration error before any data is touched
-        if cfg.training.head_calibration != "none" and not self.runs_head_calibration:
+        if cfg.training.head_calibration != "none" and not self.runs_statistics_round:
             raise ConfigError(
-                f"site {site_name!r}: `training.head_calibration: {cfg.training.head_calibration}` needs a statistics "
-                "round after the last FL round, which the FLARE job does not run yet (`fedmrg bench` and `fedmrg "
-                "train` do); set `training.head_calibration: none`"
+                f"site {site_name!r}: `training.head_calibration: {cfg.training.head_calibration}` needs the "
+                "statistics round after the last FL round, which this job does not run (its executor has no "
+                "`statistics_task`; jobs/fedmrg has one); add it, or set `training.head_calibration: none`"
             )
         self._site = site_name
         self._data = FederatedDataset.open(self._data_root(site_name, config))
@@ -331,6 +331,22 @@ class FedMRGLearner:
         payload = {BANK_KEY: out.bank_features.numpy()} if out.bank_features is not None else {}
         metrics = out.metrics if self._trainer.dp is None else self._trainer.dp.releasable(out.metrics)  # DP: no losses
         return TrainOutcome(self._to_numpy(out.shared_state), out.num_samples, metrics, payload)
+
+    # ------------------------------------------------------------------ the statistics round (fedmrg.fl.statistics_round)
+    def needs_statistics_round(self) -> bool:
+        """True when the diagnosis head is to be calibrated after the last round (``training.head_calibration``)."""
+        return self._load_config().training.head_calibration != "none"
+
+    def round_statistics(self, global_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This site's head statistics of ``global_state`` as float64 arrays (see :meth:`head_statistics`)."""
+        return self.head_statistics(global_state).to_arrays()
+
+    def finish_state(self, global_state: dict[str, np.ndarray], statistics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``global_state`` with the diagnosis head replaced by the LDA head of the sites' summed ``statistics``."""
+        from fedmrg.report.head_calibration import HeadStatistics, head_state
+
+        t = self._load_config().training
+        return dict(global_state) | head_state(HeadStatistics.from_arrays(statistics), shrinkage=t.head_calibration_shrinkage)
 
     def head_statistics(self, global_state: dict[str, np.ndarray]) -> Any:
         """:class:`~fedmrg.report.head_calibration.HeadStatistics` of ``global_state``'s encoder over this site's

@@ -80,6 +80,15 @@ class HeadStatistics:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> HeadStatistics:
+        """The statistics of :meth:`to_arrays`; ValueError on other names or inconsistent shapes."""
+        if set(arrays) != {"count", "scatter", "sums", "counts"}:
+            raise ValueError(f"head statistics need count, scatter, sums, counts; got {sorted(arrays)}")
+        dim = np.shape(arrays["scatter"])[-1]
+        shapes = {"count": (1,), "scatter": (dim, dim), "sums": (NUM_OBSERVATIONS, NUM_STATES, dim),
+                  "counts": (NUM_OBSERVATIONS, NUM_STATES)}  # fmt: skip
+        bad = {k: np.shape(v) for k, v in arrays.items() if np.shape(v) != shapes[k]}
+        if bad:
+            raise ValueError(f"head statistics: shapes {bad}, expected {shapes}")
         return cls(int(arrays["count"][0]), np.asarray(arrays["scatter"], np.float64),
                    np.asarray(arrays["sums"], np.float64), np.asarray(arrays["counts"], np.float64))  # fmt: skip
 

@@ -31,9 +31,11 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
+from nvflare.security.logging import secure_format_exception
 
 from fedmrg.fl.checks import check_choice, check_int
 from fedmrg.fl.resumable_scatter_and_gather import ResumableScatterAndGather
+from fedmrg.fl.statistics_round import needs_statistics_round
 from fedmrg.privacy.secure_aggregation import crypto
 from fedmrg.privacy.secure_aggregation.constants import SecAggKey, SecAggTask, SecureAggregationError
 from fedmrg.privacy.secure_aggregation.identity import MODES, SIM_PKI_DIR, load_ca, resolve_mode, simulated_ca
@@ -81,6 +83,16 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         if not isinstance(self.aggregator, SecureAggregator):
             self.system_panic(f"aggregator {self.aggregator_id} must be a SecureAggregator, got "
                               f"{type(self.aggregator).__name__}", fl_ctx)  # fmt: skip
+            return
+        try:
+            learner = self.server_learner(fl_ctx)
+        except Exception as e:
+            self.system_panic(f"secure aggregation: cannot build the learner: {secure_format_exception(e)}", fl_ctx)
+            return
+        if learner is not None and needs_statistics_round(learner):  # fail closed: nothing would mask them
+            self.system_panic("secure aggregation masks the train updates only; the statistics round after training "
+                              "(`training.head_calibration`) would send each site's statistics in the clear: set "
+                              "`training.head_calibration: none` with secure aggregation", fl_ctx)  # fmt: skip
             return
         workspace = self._engine.get_workspace()
         startup = Path(workspace.get_startup_kit_dir())
