@@ -256,3 +256,16 @@ def test_the_job_sends_8_bit_deltas_up_and_a_16_bit_model_down_unless_secure_agg
     # a variant with codecs of its own is put back the same way
     v = write_variant(JOB, tmp_path / "v", ["wire.up=bfloat16"])
     assert _wire(write_variant(v, tmp_path / "v-sa", ["secure_aggregation=true"])) == []
+
+
+@pytest.mark.parametrize(
+    ("protection", "message"),
+    [("site_dp=true", "which site_dp=true"), ("secure_aggregation=true", "which secure_aggregation=true")],
+)
+def test_a_variant_refuses_head_calibration_with_site_dp_or_secure_aggregation(tmp_path, protection, message):
+    lda = "learner.overrides.training.head_calibration=lda"
+    with pytest.raises(ConfigError, match=rf"head_calibration needs the statistics round after training, {message}"):
+        write_variant(JOB, tmp_path / "v", [protection, lda])
+    assert not (tmp_path / "v").exists()  # nothing written
+    v = write_variant(JOB, tmp_path / "ok", [lda])  # alone it is a valid job: the statistics task is in it
+    assert "statistics" in _cfg(v, "client")["executors"][0]["tasks"]

@@ -456,6 +456,7 @@ def check_job(job_dir: str | Path, *, where: str | None = None) -> None:
                 for f in group.get("filters", []):
                     name = "site_dp" if f.get("path") == SITE_DP else f"{side} {chain} {f.get('path', '')}"
                     _check_component(f, where, f"{name}.")
+    _check_statistics_round_privacy(server, client, where)
     for args in _learner_holders(server, client):
         learner_args = args.get("learner_args") or {}
         check_args(args["learner_path"], learner_args, where=where, prefix="learner.")
@@ -471,6 +472,24 @@ def check_job(job_dir: str | Path, *, where: str | None = None) -> None:
             from fedmrg.data.synthetic_federation import SyntheticSpec
 
             from_dict(SyntheticSpec, synthetic, source=where, _prefix="learner.synthetic.")
+
+
+def _check_statistics_round_privacy(server: dict[str, Any], client: dict[str, Any], where: str) -> None:
+    """Refuse, before any training, a head calibration (the statistics round after the last round, whose statistics
+    are neither noised nor masked) together with the job's site-level DP or secure aggregation."""
+    asks = [a for a in _learner_holders(server, client)
+            if _get(a.get("learner_args") or {}, "overrides.training.head_calibration") not in (None, "none")]  # fmt: skip
+    if not asks:
+        return
+    filters = [f for group in client.get("task_result_filters", []) for f in group.get("filters", [])]
+    protection = ""
+    if any(f.get("path") == SITE_DP and (f.get("args") or {}).get("enabled") for f in filters):
+        protection = "site_dp=true (the filter withholds the un-noised statistics, so the job would stop after its last round)"
+    elif "SecureScatterAndGather" in json.dumps(server.get("workflows", [])):
+        protection = "secure_aggregation=true (the statistics would travel unmasked; the server refuses the job)"
+    if protection:
+        raise ConfigError(f"{where}: learner.overrides.training.head_calibration needs the statistics round after "
+                          f"training, which {protection}; set learner.overrides.training.head_calibration=none")  # fmt: skip
 
 
 def _learner_holders(server: dict[str, Any], client: dict[str, Any]) -> list[dict[str, Any]]:
