@@ -104,16 +104,17 @@ _COMMON = {
     "generation": {"num_beams": 1, "max_new_tokens": 60},
     "training": {"batch_size": 8, "eval_batch_size": 16, "warmup_steps": 2, "min_lr_ratio": 0.1},
 }
+#: the full and quick profiles: every row with a diagnosis head gets it calibrated after the last round (the averaged
+#: head does not learn under the clustered partition's label skew; docs/results/benchmark.md)
+_CALIBRATED = _COMMON | {"training": _COMMON["training"] | {"head_calibration": "lda"}}
 PROFILES: dict[str, Profile] = {
     # a smoke run of every row, sized for <= 20 min on the 2-core machine: 30 runs (one seed) of 2 rounds x 1 step
     # (building the 5 sites' learners, about 25 s, dominates a run); its numbers show the pipeline, not the methods
     "quick": Profile(rounds=2, local_steps=1, seeds=(0,), image_size=64, eval_studies=16, val_studies=2,
-                     overrides=_COMMON),  # fmt: skip
-    # the paper-style comparison, 6 x 8 steps: 3-7 min per run on 2 cores (one cluster-partition table, 45 runs, takes
-    # about 1.5 h; docs/results/benchmark.md). Every row with a diagnosis head gets it calibrated after the last round
-    # (`training.head_calibration: lda`): the averaged head does not learn under the clustered label skew
+                     overrides=_CALIBRATED),  # fmt: skip
+    # the paper-style comparison, 6 x 8 steps: 2-7 min per run on 2 cores (docs/results/benchmark.md)
     "full": Profile(rounds=6, local_steps=8, seeds=(0, 1, 2), image_size=96, eval_studies=120, val_studies=8,
-                    overrides=_COMMON | {"training": _COMMON["training"] | {"head_calibration": "lda"}}),  # fmt: skip
+                    overrides=_CALIBRATED),  # fmt: skip
     # the tests' profile: tiny built-in models, seconds per run
     "tiny": Profile(rounds=2, local_steps=1, seeds=(0, 1, 2), image_size=32, eval_studies=6, val_studies=2,
                     overrides={"encoder": {"path": "builtin-tiny"}, "decoder": {"path": "builtin-tiny"},
