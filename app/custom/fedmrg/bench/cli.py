@@ -22,8 +22,8 @@ skipped; an interrupted run resumes at its next round (in-process). At the end t
 
 Profiles (the same budget for every method): --profile quick (a smoke run of every row: 1 seed, 2 rounds x 1 step,
 64 px, 16 + 16 studies scored; sized for <= 20 min on 2 CPU cores), full (3 seeds, 6 rounds x 8 steps, 96 px,
-120 + 120 studies, the diagnosis head calibrated after the last round; 3-7 min per run on 2 CPU cores, so one
-partition's 45 runs take about 1.5 h: pick rows with --methods and --partitions, see docs/benchmark.md), tiny (tiny built-in models; tests). --rounds, --local-steps, --seeds,
+120 + 120 studies, the diagnosis head calibrated after the last round; 1-11 min per run on 2 CPU cores: one
+partition's 45 runs take about 2 h, both about 4 h; pick rows with --methods and --partitions, see docs/benchmark.md), tiny (tiny built-in models; tests). --rounds, --local-steps, --seeds,
 --eval-studies override the profile; --set KEY=VALUE changes the run configuration of every row (e.g.
 --set training.learning_rate=5e-4; the report refuses a folder whose runs differ in it).
 

@@ -112,7 +112,7 @@ PROFILES: dict[str, Profile] = {
     # (building the 5 sites' learners, about 25 s, dominates a run); its numbers show the pipeline, not the methods
     "quick": Profile(rounds=2, local_steps=1, seeds=(0,), image_size=64, eval_studies=16, val_studies=2,
                      overrides=_CALIBRATED),  # fmt: skip
-    # the paper-style comparison, 6 x 8 steps: 2-7 min per run on 2 cores (docs/results/benchmark.md)
+    # the paper-style comparison, 6 x 8 steps: one partition about 2 h on 2 cores (docs/results/benchmark.md)
     "full": Profile(rounds=6, local_steps=8, seeds=(0, 1, 2), image_size=96, eval_studies=120, val_studies=8,
                     overrides=_CALIBRATED),  # fmt: skip
     # the tests' profile: tiny built-in models, seconds per run
