@@ -71,3 +71,28 @@ def test_a_failing_preparation_stops_the_demo_with_an_error(tmp_path):
     (job / "app" / "config").mkdir(parents=True)  # no config_fed_client.json: the child cannot read the learner
     with pytest.raises(FedMRGError, match="exit code 1"):
         _prefetch_in_child(job)
+
+
+@pytest.mark.slow
+def test_the_demo_with_head_calibration_ends_with_the_calibrated_head(tmp_path, monkeypatch):
+    """`fedmrg demo --set learner.overrides.training.head_calibration=lda`: the job's statistics round refits the
+    head of the final global model, which the exported models carry."""
+    import numpy as np
+
+    from fedmrg.inference.sources import open_source
+    from fedmrg.report.head_calibration import ABSENT_STATE_BIAS
+
+    monkeypatch.setenv("FEDMRG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "fedmrg.cli", "demo", "--out", str(out), "--rounds", "1", "--local-steps", "2",
+           "--set", "min_clients=2", "--set", f"learner.overrides={json.dumps(TINY)}",
+           "--set", "learner.overrides.training.head_calibration=lda",
+           "--set", f"learner.synthetic={json.dumps(SYNTHETIC)}", "--set", "learner.validate_max_studies=2"]  # fmt: skip
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "statistics round: 2 sites" in (out / "workspace" / "server" / "log.txt").read_text()
+    bias = open_source(out / "models" / "site-1").shared_state()["diagnosis_head.linear.bias"]
+    # a head fitted from statistics: states no training study had are never predicted (a trained head's biases are
+    # never -1e4)
+    bias = bias.detach().numpy() if hasattr(bias, "detach") else np.asarray(bias)
+    assert (bias == np.float32(ABSENT_STATE_BIAS)).any()

@@ -85,9 +85,13 @@ def write_site_roles(workspace: Path, unseen: list[str]) -> Path:
     return path
 
 
-def _learner_args(job: Path) -> dict[str, Any]:
+def _executor_args(job: Path) -> dict[str, Any]:
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
-    return client["executors"][0]["executor"]["args"].get("learner_args", {})
+    return client["executors"][0]["executor"]["args"]
+
+
+def _learner_args(job: Path) -> dict[str, Any]:
+    return _executor_args(job).get("learner_args", {})
 
 
 #: Modules every FLARE process of the simulator imports besides the job's components (see :func:`_prefetch`).
@@ -111,6 +115,7 @@ def _prefetch(job: Path) -> None:
     import importlib
 
     from fedmrg.fl.site_config import SiteConfig
+    from fedmrg.fl.statistics_round import STATISTICS_TASK
     from fedmrg.job import job_class_paths
     from fedmrg.report.fl_job_learner import JobFedMRGLearner
 
@@ -118,6 +123,8 @@ def _prefetch(job: Path) -> None:
     learner = JobFedMRGLearner(
         config=args.get("config", "default.yaml"), overrides=args.get("overrides"), validate_max_studies=2
     )
+    # as the job's executor tells its learner whether the job runs the statistics round (head calibration)
+    learner.runs_statistics_round = bool(_executor_args(job).get("statistics_task", STATISTICS_TASK))
     learner._load_config(progress=True)  # builds or finds the cached built-in models
     if args.get("synthetic") is not None:
         from fedmrg.data.synthetic_federation import SyntheticSpec, ensure_synthetic_federation
