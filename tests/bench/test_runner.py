@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -111,6 +112,17 @@ def test_interrupted_run_resumes_at_its_next_round(tiny_fed, tmp_path, capsys):
     assert "resuming at round 1" in capsys.readouterr().err
     assert [h["round"] for h in m["rounds"]] == [0, 1]
     assert m["rounds"][0] == first["history"][0]
+
+
+def test_the_in_process_rounds_log_no_aggregator_warning(tiny_fed, tmp_path, caplog):
+    # a site without an aggregation weight makes NVFlare's aggregator warn once per site and round, and the warning's
+    # event, with no engine in process, adds "Logic Error: no engine in fl_ctx" to the log of every benchmark run
+    spec = runner.RunSpec("cluster", "fedlora", 0, tiny_fed / "cluster", tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        runner.run_one(spec, runner.PROFILES["tiny"], orchestrator="inprocess", threads=1, on_round=lambda r: None)
+    noisy = [r.getMessage() for r in caplog.records if "Aggregation_weight" in r.getMessage()
+             or "no engine" in r.getMessage()]  # fmt: skip
+    assert noisy == []
 
 
 def test_options_are_checked(tiny_fed, tmp_path):

@@ -429,7 +429,10 @@ def run_federated(spec: RunSpec, profile: Profile, *, threads: int, on_round: Ca
     else:
         state = learners[sites[0]].initial_shared_state()
         history, start, bank = [], 0, {}
-    aggregator = FiniteUpdateAggregator(expected_data_kind=DataKind.WEIGHT_DIFF)
+    # every site weighted 1.0 (NVFlare's default) named explicitly: for a site it was not given, the aggregator logs
+    # a warning whose event needs an engine, which this in-process loop has not ("Logic Error: no engine")
+    aggregator = FiniteUpdateAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
+                                        aggregation_weights=dict.fromkeys(sites, 1.0))  # fmt: skip
     generator = FullModelShareableGenerator()
     aggregator.handle_event(EventType.START_RUN, FLContext())
     for r in range(start, profile.rounds):
