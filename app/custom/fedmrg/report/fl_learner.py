@@ -285,7 +285,7 @@ class FedMRGLearner:
         if threads > 0:
             torch.set_num_threads(threads)
         cfg = self._load_config()  # every configuration error before any data is touched
-        if cfg.training.head_calibration != "none" and not self.runs_statistics_round:
+        if self.needs_statistics_round() and not self.runs_statistics_round:
             raise ConfigError(
                 f"site {site_name!r}: `training.head_calibration: {cfg.training.head_calibration}` needs the "
                 "statistics round after the last FL round, which this job does not run (its executor has no "
