@@ -125,4 +125,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedmrg.errors import FedMRGError
+
+    try:
+        main()
+    except FedMRGError as e:  # a missing folder or an unreadable model: the message names it, no traceback
+        raise SystemExit(f"probe_unseen_site.py: error: {e}") from None
