@@ -19,7 +19,8 @@ and the "No Finding" AUROC (scikit-learn), then the training sites' device profi
 
     python scripts/probe_unseen_site.py --data DATA/cluster --model OUT/runs/cluster/fedmrg/seed0/model [...]
 
-Cost on the 2-core machine: about 20 s per model (no report is generated; the encoder and head only).
+Cost on the 2-core machine: about 30 s of CPU per model on the clustered partition (no report is generated; the
+encoder and head only); the stratified partition's unseen site is four times larger.
 """
 
 from __future__ import annotations
