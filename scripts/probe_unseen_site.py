@@ -86,13 +86,14 @@ def main() -> None:
     from torch.utils.data import ConcatDataset
 
     from fedmrg.data.dataset_dir import FederatedDataset
-    from fedmrg.report.data_loading import ReportDataset, open_split
-    from fedmrg.report.diagnosis import states_from_labels
+    from fedmrg.observations import OBSERVATIONS, State
+    from fedmrg.report.data_loading import ReportDataset, open_split, states_for_records
     from fedmrg.report.export import load_model
 
     torch.set_num_threads(1)
     fd = FederatedDataset.open(args.data)
-    train_states = np.array([states_from_labels(r.labels) for s in fd.sites for r in fd.split(s)])  # (N, 14)
+    site_states = {s: np.array(states_for_records(fd.split(s))) for s in fd.sites}  # (N_s, 14), labeler if unlabelled
+    train_states = np.concatenate(list(site_states.values()))
     train_prior = np.stack([(train_states == k).mean(0) for k in range(4)], axis=-1)  # (14, 4): the LDA's n_k / N
     unseen_records = [r for u in fd.unseen_sites for r in fd.split(u, "test")]
     readings = {"own": ConcatDataset([open_split(fd, site=u, split="test", image_size=args.image_size)
@@ -104,9 +105,10 @@ def main() -> None:
     per_site = {site: ReportDataset([r for r in fd.test() if r.meta.get("site") == site], image_size=args.image_size,
                                     site_transform=fd.site_transform(site)) for site in fd.sites}  # fmt: skip
 
+    nf = OBSERVATIONS.index("No Finding")
     print("training sites: " + ", ".join(
-        f"{s} ({fd.profile(s)}, No Finding {np.mean([r.labels.get('No Finding') == 1 for r in fd.split(s)]):.0%})"
-        for s in fd.sites))  # fmt: skip
+        f"{s} ({fd.profile(s)}, No Finding {np.mean(st[:, nf] == int(State.POSITIVE)):.0%})"
+        for s, st in site_states.items()))  # fmt: skip
     print("unseen sites: " + ", ".join(f"{u} ({fd.profile(u)})" for u in fd.unseen_sites))
     header = f"{'model':<48} {'reading':<18} {'called NF':>9} {'true NF':>8} {'head F1':>8} {'NF AUROC':>9}"
     print(header)
